@@ -1,0 +1,25 @@
+# `make demo` and `make test` each create .venv when missing and install hpcql into it.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.hpcql-installed
+RANKS  ?= 2
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: venv demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[mpich,test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	mpiexec -n $(RANKS) hpcql run --overwrite
+
+test: venv
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf runs .pytest_cache

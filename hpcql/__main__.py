@@ -1,0 +1,5 @@
+"""`python -m hpcql` entry point."""
+
+from hpcql.cli import main
+
+raise SystemExit(main())

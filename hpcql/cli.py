@@ -1,0 +1,126 @@
+"""Command line: ``hpcql run | inspect | submit | scale`` and the exit-code contract.
+
+Exit codes: 0 success, 2 bad input (one-line message naming what and where),
+1 internal error, 3 checkpointed on a signal (please requeue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from hpcql import __version__
+from hpcql.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, BadInput, RankFailure
+
+# algo.name -> "module:function" running the whole job (collective); imported lazily (torch is slow to import)
+ENGINES: dict[str, str] = {
+    "value-iteration": "hpcql.tabular.run:run_tabular",
+    "policy-iteration": "hpcql.tabular.run:run_tabular",
+}
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose errors are one line and exit 2, like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"hpcql: error: {message} (see `hpcql {self.prog.split()[-1]} --help`)\n")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _engine(name: str) -> Callable:
+    module, func = ENGINES[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def prepare_out_dir(cfg, comm) -> None:
+    """Create out_dir; refuse to replace an existing result unless asked (collective)."""
+    from hpcql.comm import collective
+    from hpcql.results import result_path
+
+    def check() -> None:
+        out = Path(cfg.run.out_dir)
+        if out.exists() and not out.is_dir():
+            raise BadInput(f"[run] out_dir: {out} exists and is not a directory")
+        res = result_path(cfg)
+        if res.exists() and not cfg.run.overwrite:
+            raise BadInput(f"[run] out_dir: {res} already exists; pass --overwrite (or --set run.overwrite=true) "
+                           "to replace it, or choose another out_dir")
+        out.mkdir(parents=True, exist_ok=True)
+
+    collective(comm, check)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``hpcql run``: the batch entry point, on every rank."""
+    from mpi4py import MPI
+
+    from hpcql.comm import abort_job
+    from hpcql.config import load_config
+    from hpcql.console import Console
+
+    comm = MPI.COMM_WORLD
+    overrides = list(args.set or []) + (["run.overwrite=true"] if args.overwrite else [])
+    try:
+        cfg = load_config(args.config, overrides)
+        console = Console(comm, cfg.run.progress, cfg.run.status_every_seconds)
+        console.info(f"hpcql {__version__}: {cfg.run.name}: {cfg.algo.name} ({cfg.algo.mode}) on {cfg.env.kind}, "
+                     f"{comm.size} rank(s), out_dir {cfg.run.out_dir}")
+        prepare_out_dir(cfg, comm)
+        _engine(cfg.algo.name)(cfg, comm, console)
+        return EXIT_OK
+    except BadInput as exc:
+        if exc.agreed:
+            if comm.rank == 0:
+                sys.stderr.write(f"hpcql: error: {exc}\n")
+            return EXIT_BAD_INPUT
+        abort_job(comm, f"error: {exc}", EXIT_BAD_INPUT)
+    except RankFailure as exc:
+        if comm.rank == 0:
+            sys.stderr.write(f"hpcql: {exc}\n")
+        return EXIT_INTERNAL
+    except Exception as exc:  # noqa: BLE001 - any other failure must end every rank
+        traceback.print_exc(file=sys.stderr)
+        abort_job(comm, f"{type(exc).__name__}: {exc}", EXIT_INTERNAL)
+    return EXIT_INTERNAL
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """``hpcql inspect FILE.h5``."""
+    from hpcql.inspect_file import inspect_file
+
+    try:
+        print(inspect_file(args.file))
+    except BadInput as exc:
+        sys.stderr.write(f"hpcql: error: {exc}\n")
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def build_parser() -> ArgParser:
+    parser = ArgParser(prog="hpcql", description="MPI batch toolkit for Q-learning and dynamic programming at scale.")
+    parser.add_argument("--version", action="version", version=f"hpcql {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgParser)
+
+    run = sub.add_parser("run", help="run a job (launch under mpiexec/srun for several ranks)")
+    run.add_argument("config", nargs="?", help="job config (TOML); omitted: the built-in default job")
+    run.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing result in out_dir")
+    run.set_defaults(func=cmd_run)
+
+    insp = sub.add_parser("inspect", help="summarise an MDP, result or checkpoint file")
+    insp.add_argument("file")
+    insp.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

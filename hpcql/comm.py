@@ -1,0 +1,55 @@
+"""Thin MPI helpers: error agreement across ranks and job-wide abort.
+
+Modules receive a communicator; only the command line fetches COMM_WORLD.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Callable, TypeVar
+
+from mpi4py import MPI
+
+from hpcql.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, BadInput, RankFailure
+
+T = TypeVar("T")
+
+
+def collective(comm: MPI.Comm, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on every rank and agree on failure.
+
+    If any rank raises, every rank raises: ``BadInput`` (with the lowest failing
+    rank's message) when that rank's error was bad input, else ``RankFailure``.
+    No rank is left waiting in a later collective.
+    """
+    result: T | None = None
+    status: tuple[str, str] | None = None
+    try:
+        result = fn()
+    except BadInput as exc:
+        status = ("bad-input", str(exc))
+    except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
+        status = ("error", f"{type(exc).__name__}: {exc}")
+        traceback.print_exc(file=sys.stderr)
+    statuses = comm.allgather(status)
+    for rank, st in enumerate(statuses):
+        if st is None:
+            continue
+        kind, msg = st
+        if kind == "bad-input":
+            raise BadInput(msg, agreed=True)
+        raise RankFailure(f"rank {rank} failed: {msg}")
+    return result  # type: ignore[return-value]
+
+
+def abort_job(comm: MPI.Comm, message: str, code: int = EXIT_INTERNAL) -> None:
+    """Print ``message`` naming this rank and end every rank of the job now."""
+    sys.stderr.write(f"hpcql: rank {comm.rank}: {message}\n")
+    sys.stderr.flush()
+    comm.Abort(code)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """Map an exception to the documented exit code."""
+    return EXIT_BAD_INPUT if isinstance(exc, BadInput) else EXIT_INTERNAL

@@ -1,0 +1,236 @@
+"""Typed, validated job configuration (TOML) with ``--set section.key=value`` overrides.
+
+Every rank parses the same file the same way, so a config error is raised on all
+ranks at once (``BadInput(agreed=True)``): rank 0 prints it and every rank exits 2.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hpcql.errors import BadInput
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys and wrong types are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# ----------------------------------------------------------------------------- [run]
+class RunSection(Section):
+    name: str = "default"
+    out_dir: str = "runs/default"
+    seed: Annotated[int, Field(ge=0)] = 0
+    overwrite: bool = False
+    """Replace an existing result.h5 in out_dir (otherwise that is an error)."""
+    progress: Literal["auto", "bar", "log", "none"] = "auto"
+    status_every_seconds: Annotated[float, Field(gt=0)] = 5.0
+    plots: bool = True
+
+
+# ----------------------------------------------------------------------------- [env]
+class GridworldEnv(Section):
+    """A rows x cols grid; actions up/right/down/left; slips go sideways."""
+
+    kind: Literal["gridworld"]
+    rows: Annotated[int, Field(ge=1)] = 320
+    cols: Annotated[int, Field(ge=2)] = 320
+    slip: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    obstacle_density: Annotated[float, Field(ge=0.0, lt=0.9)] = 0.0
+    goals: list[list[int]] = []
+    """[[row, col], ...] absorbing goal cells; default: the bottom-right corner."""
+    goal_reward: float = 1.0
+    step_reward: float = 0.0
+    discount: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
+
+
+class MdpFileEnv(Section):
+    """An "hpcql-mdp" HDF5 file."""
+
+    kind: Literal["mdp-file"]
+    path: str
+
+
+class GymTabularEnv(Section):
+    """A gymnasium toy-text environment, solved through its model ``env.unwrapped.P``."""
+
+    kind: Literal["gymnasium-tabular"]
+    id: str = "FrozenLake-v1"
+    options: dict[str, Union[bool, int, float, str]] = {}
+    """Keyword arguments for ``gymnasium.make`` (e.g. map_name, is_slippery)."""
+    discount: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
+
+
+class RandomEnv(Section):
+    """A random sparse MDP (uniform successors), generated shard-locally from run.seed."""
+
+    kind: Literal["random"]
+    states: Annotated[int, Field(ge=1)] = 100_000
+    actions: Annotated[int, Field(ge=1)] = 4
+    successors: Annotated[int, Field(ge=1)] = 8
+    local_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    """Fraction of successors drawn near the state (banded structure)."""
+    discount: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
+
+
+class GymEnv(Section):
+    """A gymnasium environment with Box observations and discrete actions (DQN)."""
+
+    kind: Literal["gymnasium"]
+    id: str = "CartPole-v1"
+    options: dict[str, Union[bool, int, float, str]] = {}
+    num_envs: Annotated[int, Field(ge=1)] = 4
+    """Vectorised environments per rank."""
+
+
+EnvSection = Annotated[Union[GridworldEnv, MdpFileEnv, GymTabularEnv, RandomEnv, GymEnv], Field(discriminator="kind")]
+
+
+# ----------------------------------------------------------------------------- [algo]
+class AlgoBase(Section):
+    mode: Literal["sync", "async"] = "sync"
+    gamma: Optional[Annotated[float, Field(gt=0.0, lt=1.0)]] = None
+    """Discount; overrides the MDP's own when given."""
+    tol: Annotated[float, Field(gt=0.0)] = 1e-6
+    """Target optimality: the greedy policy is tol-optimal at the stop."""
+    max_iterations: Annotated[int, Field(ge=1)] = 1_000_000
+    float32: bool = False
+    """Store transition probabilities as float32 (half the memory traffic)."""
+
+
+class ValueIterationAlgo(AlgoBase):
+    name: Literal["value-iteration"]
+
+
+class PolicyIterationAlgo(AlgoBase):
+    name: Literal["policy-iteration"]
+    variant: Literal["optimistic", "inexact"] = "inexact"
+    eval_sweeps: Annotated[int, Field(ge=1)] = 20
+    """Optimistic PI: evaluation sweeps on P^pi between improvements."""
+    krylov: Literal["gmres", "bicgstab"] = "gmres"
+    krylov_restart: Annotated[int, Field(ge=2)] = 30
+    max_inner: Annotated[int, Field(ge=1)] = 5000
+    """Inexact PI: Krylov iterations per evaluation at most."""
+    inner_rtol_factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    """Inexact PI: relative tolerance of the inner solve, times the Bellman residual."""
+
+
+AlgoSection = Annotated[Union[ValueIterationAlgo, PolicyIterationAlgo], Field(discriminator="name")]
+
+
+# ----------------------------------------------------------------------------- [checkpoint], [debug]
+class CheckpointSection(Section):
+    enabled: bool = True
+    every_seconds: Annotated[float, Field(ge=0.0)] = 600.0
+    every_iterations: Annotated[int, Field(ge=0)] = 0
+    """0 disables the iteration trigger."""
+    keep: Annotated[int, Field(ge=1)] = 3
+
+
+class DebugSection(Section):
+    """Fault injection for tests: a failing or a slow rank."""
+
+    fail_rank: int = -1
+    fail_at_iteration: Annotated[int, Field(ge=0)] = 0
+    slow_rank: int = -1
+    slow_seconds: Annotated[float, Field(ge=0.0)] = 0.0
+    """Sleep this long per iteration on slow_rank."""
+
+
+class Config(Section):
+    run: RunSection = RunSection()
+    env: EnvSection = GridworldEnv(kind="gridworld")
+    algo: AlgoSection = ValueIterationAlgo(name="value-iteration")
+    checkpoint: CheckpointSection = CheckpointSection()
+    debug: DebugSection = DebugSection()
+
+
+# ----------------------------------------------------------------------------- loading
+DEFAULT_JOB: dict[str, Any] = {
+    "run": {"name": "default", "out_dir": "runs/default"},
+    "env": {"kind": "gridworld", "rows": 320, "cols": 320, "slip": 0.1, "obstacle_density": 0.05},
+    "algo": {"name": "value-iteration", "mode": "sync", "gamma": 0.99, "tol": 1e-6},
+}
+TAGS = {"env": "kind", "algo": "name"}
+
+
+def _parse_value(text: str) -> Any:
+    """A ``--set`` value: a TOML value when it parses as one, else a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides to a raw config dict (copy)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise BadInput(f"--set {item!r}: expected section.key=value", agreed=True)
+        section, name = parts
+        table = out.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise BadInput(f"--set {item!r}: [{section}] is not a table", agreed=True)
+        table[name] = _parse_value(value.strip())
+    return out
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = [str(p) for p in err["loc"]]
+    if len(loc) >= 2 and loc[0] in TAGS and err["type"] not in ("union_tag_invalid", "union_tag_not_found"):
+        loc = [loc[0]] + loc[2:]  # drop the discriminator value pydantic inserts
+    if err["type"] == "union_tag_not_found":
+        loc = loc + [TAGS.get(loc[0], "?")]
+    where = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else f"[{loc[0]}]" if loc else "config"
+    if err["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    msg = err["msg"]
+    if "input" in err and err["type"] not in ("missing", "union_tag_not_found") and not isinstance(err["input"], dict):
+        msg += f" (got {err['input']!r})"
+    return f"{where}: {msg}"
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> Config:
+    """Validate a raw dict into a ``Config``; the first error becomes a one-line ``BadInput``."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        extra = len(exc.errors()) - 1
+        more = f" (and {extra} more error{'s' if extra > 1 else ''})" if extra else ""
+        raise BadInput(f"{source}: {_describe(first)}{more}", agreed=True) from None
+
+
+def load_config(path: str | None, overrides: list[str] | None = None) -> Config:
+    """Read ``path`` (or the built-in default job when None), apply overrides, validate."""
+    if path is None:
+        data, source = DEFAULT_JOB, "default job"
+    else:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise BadInput(f"{path}: config file not found", agreed=True) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadInput(f"{path}: cannot read config: {exc}", agreed=True) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise BadInput(f"{path}: TOML syntax error: {exc}", agreed=True) from None
+        source = path
+    return parse_config(apply_overrides(data, overrides or []), source)
+
+
+def effective_gamma(cfg: Config, model_discount: float | None) -> float:
+    """The discount to use: ``algo.gamma`` when given, else the model's own, else an error."""
+    if cfg.algo.gamma is not None:
+        return cfg.algo.gamma
+    if model_discount is None:
+        raise BadInput("[algo] gamma: required, the MDP file has no discount", agreed=True)
+    return model_discount

@@ -1,0 +1,84 @@
+"""A rank's rows of a sparse MDP, in the state-major CSR layout of the MDP file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class MdpShard:
+    """Rows ``row_start*A .. row_stop*A`` of the global transition matrix.
+
+    Row ``(s - row_start) * A + a`` of ``indptr``/``indices``/``probs`` is
+    P(. | s, a); ``indices`` hold global next-state ids.
+    """
+
+    num_states: int
+    num_actions: int
+    row_start: int
+    row_stop: int
+    indptr: np.ndarray
+    indices: np.ndarray
+    probs: np.ndarray
+    rewards: np.ndarray
+    discount: float | None = None
+    grid_shape: tuple[int, int] | None = None
+    """(rows, cols) for gridworlds: state id = row * cols + col."""
+    meta: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def n_local(self) -> int:
+        return self.row_stop - self.row_start
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.size)
+
+
+def validate_rows(shard: MdpShard, atol: float = 1e-9) -> tuple[int, str] | None:
+    """First invalid row of ``shard`` as (global row, reason), or None.
+
+    Checks non-negative probabilities, next-state ids in range and row sums of 1.
+    """
+    A, S = shard.num_actions, shard.num_states
+    rows = np.repeat(np.arange(shard.n_local * A, dtype=np.int64), np.diff(shard.indptr))
+    bad: list[tuple[int, str]] = []
+    neg = np.flatnonzero(shard.probs < 0)
+    if neg.size:
+        k = neg[0]
+        bad.append((int(rows[k]), f"negative probability {shard.probs[k]:g}"))
+    out = np.flatnonzero((shard.indices < 0) | (shard.indices >= S))
+    if out.size:
+        k = out[0]
+        bad.append((int(rows[k]), f"next-state index {int(shard.indices[k])} out of range [0, {S})"))
+    sums = np.bincount(rows, weights=shard.probs, minlength=shard.n_local * A)
+    off = np.flatnonzero(np.abs(sums - 1.0) > atol)
+    if off.size:
+        k = off[0]
+        bad.append((int(k), f"probabilities sum to {sums[k]:.12g}, not 1"))
+    if not bad:
+        return None
+    local_row, reason = min(bad)
+    global_row = shard.row_start * A + local_row
+    s, a = divmod(global_row, A)
+    return global_row, f"row {global_row} (state {s}, action {a}): {reason}"
+
+
+def slice_shard(shard: MdpShard, start: int, stop: int) -> MdpShard:
+    """Rows of global states ``start:stop`` of a shard that holds them."""
+    A = shard.num_actions
+    lo_row, hi_row = (start - shard.row_start) * A, (stop - shard.row_start) * A
+    lo, hi = int(shard.indptr[lo_row]), int(shard.indptr[hi_row])
+    return MdpShard(
+        shard.num_states, A, start, stop,
+        shard.indptr[lo_row: hi_row + 1] - lo, shard.indices[lo:hi], shard.probs[lo:hi],
+        shard.rewards[start - shard.row_start: stop - shard.row_start],
+        shard.discount, shard.grid_shape, dict(shard.meta),
+    )
+
+
+def state_nnz_cumulative(shard: MdpShard) -> np.ndarray:
+    """Cumulative transition entries at the shard's state boundaries."""
+    return shard.indptr[:: shard.num_actions].astype(np.int64)

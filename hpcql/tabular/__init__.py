@@ -1,0 +1,1 @@
+"""Sharded tabular engine: Bellman kernels and the model-based solvers."""

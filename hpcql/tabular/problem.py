@@ -1,0 +1,63 @@
+"""A sharded tabular problem: this rank's rows, its halo plan and the discount."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcql.config import Config, effective_gamma
+from hpcql.halo import GhostLayout, HaloExchange, ghost_layout
+from hpcql.mdp.shard import MdpShard
+from hpcql.mdp.sources import build_shard
+
+
+@dataclass
+class ShardedProblem:
+    """Everything a solver needs on one rank; ``cols`` index the extended vector."""
+
+    comm: MPI.Comm
+    shard: MdpShard
+    offsets: np.ndarray
+    layout: GhostLayout
+    halo: HaloExchange
+    cols: np.ndarray
+    probs: np.ndarray
+    gamma: float
+
+    @property
+    def n_local(self) -> int:
+        return self.shard.n_local
+
+    @property
+    def n_ext(self) -> int:
+        return self.shard.n_local + self.halo.n_ghost
+
+    @property
+    def global_nnz(self) -> int:
+        return int(self.comm.allreduce(self.shard.nnz))
+
+    def new_ext(self) -> np.ndarray:
+        """A zeroed extended vector ``[local | ghosts]``."""
+        return np.zeros(self.n_ext, dtype=np.float64)
+
+    def stop_threshold(self, tol: float) -> float:
+        """Sup-norm change below which the greedy policy is tol-optimal."""
+        return tol * (1.0 - self.gamma) / (2.0 * self.gamma)
+
+
+def make_problem(shard: MdpShard, offsets: np.ndarray, gamma: float, comm: MPI.Comm,
+                 float32: bool = False) -> ShardedProblem:
+    """Plan the halo for ``shard`` (collective)."""
+    layout = ghost_layout(shard.indices, offsets, comm.rank)
+    halo = HaloExchange(comm, layout, offsets)
+    probs = shard.probs.astype(np.float32 if float32 else np.float64)
+    return ShardedProblem(comm, shard, offsets, layout, halo, layout.local_cols, probs, gamma)
+
+
+def build_problem(cfg: Config, comm: MPI.Comm) -> ShardedProblem:
+    """Build the shard from ``[env]`` and plan its halo (collective)."""
+    shard, offsets = build_shard(cfg, comm)
+    gamma = effective_gamma(cfg, shard.discount)
+    return make_problem(shard, offsets, gamma, comm, cfg.algo.float32)
