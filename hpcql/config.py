@@ -142,12 +142,41 @@ class DebugSection(Section):
     """Sleep this long per iteration on slow_rank."""
 
 
+class SlurmSection(Section):
+    """Batch resources and job-script settings for ``hpcql submit`` (command-line options win)."""
+
+    nodes: Annotated[int, Field(ge=1)] = 1
+    ntasks_per_node: Annotated[int, Field(ge=1)] = 1
+    cpus_per_task: Annotated[int, Field(ge=1)] = 1
+    """Also OMP_NUM_THREADS / torch threads of every rank."""
+    time: str = "01:00:00"
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    gpus_per_node: Annotated[int, Field(ge=0)] = 0
+    """> 0 selects the GPU job template."""
+    mem: str = ""
+    """e.g. "32G" per node; empty: the site default."""
+    launcher: Literal["srun", "mpiexec"] = "srun"
+    """How ranks start inside the allocation: ``srun --mpi=<mpi>`` or the MPI's own ``mpiexec``."""
+    mpi: str = "pmi2"
+    """``srun --mpi`` plugin: pmi2 works with the mpich wheel; pmix for many site MPIs."""
+    signal_seconds: Annotated[int, Field(ge=0)] = 300
+    """USR1 to the batch script this long before the time limit (checkpoint, then requeue); 0 disables."""
+    requeue: bool = True
+    setup: list[str] = []
+    """Shell lines run before launching (``module load ...``, ``source venv/bin/activate``)."""
+    extra: list[str] = []
+    """Further sbatch options, e.g. ["--constraint=cpu", "--exclusive"]."""
+
+
 class Config(Section):
     run: RunSection = RunSection()
     env: EnvSection = GridworldEnv(kind="gridworld")
     algo: AlgoSection = ValueIterationAlgo(name="value-iteration")
     checkpoint: CheckpointSection = CheckpointSection()
     debug: DebugSection = DebugSection()
+    slurm: SlurmSection = SlurmSection()
 
 
 # ----------------------------------------------------------------------------- loading
