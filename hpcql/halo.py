@@ -55,7 +55,8 @@ def send_lists(requests: list[np.ndarray], row_start: int) -> list[np.ndarray]:
 
 
 def _displacements(counts: np.ndarray) -> np.ndarray:
-    return np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+    """Exclusive prefix sum (same length as ``counts``)."""
+    return (np.cumsum(counts) - counts).astype(np.int64)
 
 
 class HaloExchange:
