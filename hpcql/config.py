@@ -120,7 +120,65 @@ class PolicyIterationAlgo(AlgoBase):
     """Inexact PI: relative tolerance of the inner solve, times the Bellman residual."""
 
 
-AlgoSection = Annotated[Union[ValueIterationAlgo, PolicyIterationAlgo], Field(discriminator="name")]
+class DQNAlgo(AlgoBase):
+    """Replicated DQN on a gymnasium env: a Q-network replica, envs and a replay shard per rank.
+
+    Step counts (total_steps, learning_starts, eps_decay_steps, eval_every) are global env
+    steps summed over ranks; batch_size, buffer_size and env.num_envs are per rank.
+    gamma (from [algo]) defaults to 0.99.
+    """
+
+    name: Literal["dqn"]
+    total_steps: Annotated[int, Field(ge=1)] = 100_000
+    """Env-step budget over all ranks."""
+    hidden: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = [128, 128]
+    """Hidden layer sizes of the MLP Q-network (ReLU)."""
+    lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    """Adam learning rate."""
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    """Local minibatch per rank; the global batch is batch_size x ranks (sync and overlap modes)."""
+    buffer_size: Annotated[int, Field(ge=1)] = 50_000
+    """Replay capacity of each rank's shard."""
+    learning_starts: Annotated[int, Field(ge=0)] = 1000
+    """Global env steps before the first gradient update."""
+    train_every: Annotated[int, Field(ge=1)] = 1
+    """Vector-env steps per rank between training rounds."""
+    gradient_steps: Annotated[int, Field(ge=1)] = 1
+    """Gradient updates per training round."""
+    target_update_every: Annotated[int, Field(ge=1)] = 100
+    """Gradient updates between hard copies of the online network into the target network."""
+    n_step: Annotated[int, Field(ge=1, le=100)] = 3
+    """n-step returns."""
+    double_dqn: bool = True
+    max_grad_norm: Annotated[float, Field(gt=0.0)] = 10.0
+    """Clip the (averaged) gradient to this global L2 norm."""
+    huber_delta: Annotated[float, Field(gt=0.0)] = 1.0
+    eps_start: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    eps_end: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    eps_decay_steps: Annotated[int, Field(ge=1)] = 10_000
+    """Global env steps of the linear epsilon decay from eps_start to eps_end."""
+    eval_every: Annotated[int, Field(ge=1)] = 5000
+    """Global env steps between greedy evaluations."""
+    eval_episodes: Annotated[int, Field(ge=1)] = 20
+    """Greedy episodes per evaluation, spread over the ranks."""
+    target_return: Optional[float] = None
+    """Stop at the first evaluation whose mean return reaches this (None: run total_steps)."""
+    async_scheme: Literal["overlap", "parameter-server"] = "overlap"
+    """mode="async": overlapped Iallreduce with bounded staleness, or a parameter server on rank 0."""
+    max_staleness: Annotated[int, Field(ge=0, le=64)] = 1
+    """overlap: averaged gradients are applied exactly this many updates late; parameter-server:
+    gradients a worker may have in flight (at least 1)."""
+    check_every: Annotated[int, Field(ge=0)] = 200
+    """Updates between replica checksums (sync/overlap); 0 disables."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: the GPU of the node-local rank when CUDA is available, else CPU."""
+    diverge_rank: int = -1
+    """Debug: perturb this rank's replica (tests the replica check); -1 disables."""
+    diverge_at_update: Annotated[int, Field(ge=0)] = 0
+    """Debug: the update after which diverge_rank's replica is perturbed."""
+
+
+AlgoSection = Annotated[Union[ValueIterationAlgo, PolicyIterationAlgo, DQNAlgo], Field(discriminator="name")]
 
 
 # ----------------------------------------------------------------------------- [checkpoint], [debug]
