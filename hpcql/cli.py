@@ -20,6 +20,7 @@ from hpcql.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, BadInput, RankF
 ENGINES: dict[str, str] = {
     "value-iteration": "hpcql.tabular.run:run_tabular",
     "policy-iteration": "hpcql.tabular.run:run_tabular",
+    "q-learning": "hpcql.qlearning.run:run_qlearning",
     "dqn": "hpcql.dqn.run:run_dqn",
 }
 

@@ -178,7 +178,47 @@ class DQNAlgo(AlgoBase):
     """Debug: the update after which diverge_rank's replica is perturbed."""
 
 
-AlgoSection = Annotated[Union[ValueIterationAlgo, PolicyIterationAlgo, DQNAlgo], Field(discriminator="name")]
+class QLearningAlgo(AlgoBase):
+    """Sharded model-free Q-learning: agents migrate to the rank owning their state.
+
+    ``mode = "sync"``: lockstep rounds of ``exchange_every`` steps per agent, then
+    migration and ghost max-Q refresh (bitwise deterministic for a seed and rank
+    count). ``mode = "async"``: migrants and ghost values are sent as soon as ready
+    and used when they arrive; no rank waits for another. ``tol`` is the accuracy
+    of the exact evaluations (greedy policy value, optimum).
+    """
+
+    name: Literal["q-learning"]
+    agents_per_rank: Annotated[int, Field(ge=1, le=100_000_000)] = 1024
+    """Agents created per rank (the global count stays agents_per_rank x ranks)."""
+    budget_updates: Annotated[int, Field(ge=0)] = 10_000_000
+    """Stop after this many Q updates over all ranks (0: no update budget)."""
+    budget_seconds: Annotated[float, Field(ge=0.0)] = 0.0
+    """Stop after this much wall time (0: no time budget)."""
+    exchange_every: Annotated[int, Field(ge=1, le=1_000_000)] = 16
+    """Steps per agent between migrations / ghost max-Q refreshes."""
+    epsilon_schedule: Literal["constant", "linear", "exponential"] = "linear"
+    epsilon_start: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    epsilon_end: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    epsilon_decay_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    """Fraction of the budget over which epsilon goes from start to end."""
+    step_size: Literal["constant", "visits"] = "visits"
+    """constant: alpha; visits: 1 / n(s,a)^omega."""
+    alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    omega: Annotated[float, Field(gt=0.5, le=1.0)] = 0.7
+    starts: Literal["fixed", "exploring"] = "exploring"
+    """fixed: episodes start in start_states (uniform pick); exploring: uniform state, uniform first action."""
+    start_states: list[Annotated[int, Field(ge=0)]] = [0]
+    """Start states of episodes (fixed starts) and where the greedy policy's value is reported."""
+    max_episode_steps: Annotated[int, Field(ge=1)] = 1000
+    """Episodes end at absorbing states or after this many steps, then restart."""
+    q_init: float = 0.0
+    """Initial Q of non-absorbing states (absorbing states start at their exact value)."""
+    eval_points: Annotated[int, Field(ge=0, le=10_000)] = 10
+    """Metric rows with the exact greedy-policy value over the run (0: only at the end)."""
+
+
+AlgoSection = Annotated[Union[ValueIterationAlgo, PolicyIterationAlgo, DQNAlgo, QLearningAlgo], Field(discriminator="name")]
 
 
 # ----------------------------------------------------------------------------- [checkpoint], [debug]
