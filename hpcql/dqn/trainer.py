@@ -1,0 +1,188 @@
+"""The per-rank DQN actor/learner (one replica) with an exact, numpy-only ``state_dict``."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hpcql.config import DQNAlgo, GymEnv
+from hpcql.dqn.envs import make_vector_env, rank_env_seeds
+from hpcql.dqn.network import FlatBuffer, build_mlp, module_from_numpy, module_to_numpy
+from hpcql.dqn.nstep import NStepAccumulator
+from hpcql.dqn.replay import ReplayShard
+
+STATE_VERSION = 1
+
+
+def _to_numpy(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().numpy().copy()
+    if isinstance(obj, dict):
+        return {k: _to_numpy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_numpy(v) for v in obj)
+    return obj
+
+
+def _to_torch(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, dict):
+        return {k: _to_torch(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_torch(v) for v in obj)
+    return obj
+
+
+class ReplicaTrainer:
+    """One rank's envs, replay shard, Q-network replica, target network and optimizer.
+
+    Communication is not its business: ``compute_grads`` fills ``flat.array`` with the
+    local gradient, the caller averages it however the mode says, ``apply_grads`` steps.
+    """
+
+    def __init__(self, algo: DQNAlgo, env_cfg: GymEnv, obs_dim: int, num_actions: int, gamma: float,
+                 seed: int, rank: int, device: torch.device) -> None:
+        self.algo, self.gamma, self.device = algo, gamma, device
+        self.num_envs, self.num_actions = env_cfg.num_envs, num_actions
+        torch.manual_seed(seed)  # the same initial weights everywhere (rank 0's are broadcast anyway)
+        self.q = build_mlp(obs_dim, num_actions, algo.hidden).to(device)
+        self.target = copy.deepcopy(self.q)
+        for p in self.target.parameters():
+            p.requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=algo.lr)
+        self.flat = FlatBuffer(self.q)
+        self.replay = ReplayShard(algo.buffer_size, obs_dim)
+        self.nstep = NStepAccumulator(env_cfg.num_envs, algo.n_step, gamma, obs_dim)
+        self.rng = np.random.default_rng(seed + rank)
+        self.vec = make_vector_env(env_cfg)
+        obs, _ = self.vec.reset(seed=rank_env_seeds(seed, rank, env_cfg.num_envs))
+        self.obs = np.asarray(obs, dtype=np.float32).reshape(self.num_envs, -1)
+        self.vec_steps = 0
+        self.updates = 0
+        self.episode_return = np.zeros(self.num_envs)
+        self.finished_returns: list[float] = []  # training episodes finished since the last drain
+        self.loss_sum = 0.0
+        self.loss_count = 0
+
+    # ------------------------------------------------------------------ acting
+    @torch.no_grad()
+    def greedy(self, obs: np.ndarray) -> np.ndarray:
+        """Greedy actions for a batch of observations."""
+        q = self.q(torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(len(obs), -1))
+        return q.argmax(dim=1).cpu().numpy()
+
+    def act(self, epsilon: float) -> None:
+        """One epsilon-greedy vector step; store the completed n-step transitions."""
+        explore = self.rng.random(self.num_envs) < epsilon
+        random_actions = self.rng.integers(0, self.num_actions, size=self.num_envs)
+        actions = np.where(explore, random_actions, self.greedy(self.obs))
+        next_obs, reward, terminated, truncated, info = self.vec.step(actions)
+        next_obs = np.asarray(next_obs, dtype=np.float32).reshape(self.num_envs, -1)
+        ended = np.logical_or(terminated, truncated)
+        real_next = next_obs
+        if ended.any():
+            real_next = next_obs.copy()
+            for e in np.flatnonzero(ended):
+                real_next[e] = np.asarray(info["final_obs"][e], dtype=np.float32).reshape(-1)
+        self.replay.add(self.nstep.push(self.obs, actions, reward, real_next, terminated, truncated))
+        self.episode_return += reward
+        for e in np.flatnonzero(ended):
+            self.finished_returns.append(float(self.episode_return[e]))
+            self.episode_return[e] = 0.0
+        self.obs = next_obs
+        self.vec_steps += 1
+
+    # ------------------------------------------------------------------ learning
+    def compute_grads(self) -> np.ndarray:
+        """Double-DQN n-step Huber loss on a local minibatch; the gradient lands in ``flat.array``."""
+        b = self.replay.sample(self.rng, self.algo.batch_size)
+        t = {k: torch.as_tensor(v, device=self.device) for k, v in b.items()}
+        q = self.q(t["obs"]).gather(1, t["action"].unsqueeze(1)).squeeze(1)
+        with torch.no_grad():
+            next_target = self.target(t["next_obs"])
+            if self.algo.double_dqn:
+                best = self.q(t["next_obs"]).argmax(dim=1, keepdim=True)
+                next_q = next_target.gather(1, best).squeeze(1)
+            else:
+                next_q = next_target.max(dim=1).values
+            y = t["ret"] + t["discount"] * (1.0 - t["done"]) * next_q
+        loss = nn.functional.huber_loss(q, y, delta=self.algo.huber_delta)
+        self.optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        self.loss_sum += float(loss.item())
+        self.loss_count += 1
+        return self.flat.gather_grads()
+
+    def apply_grads(self, flat: np.ndarray) -> None:
+        """Clip and apply an (averaged) flat gradient; refresh the target network on schedule."""
+        self.flat.scatter_grads(flat)
+        nn.utils.clip_grad_norm_(self.q.parameters(), self.algo.max_grad_norm)
+        self.optimizer.step()
+        self.updates += 1
+        if self.updates % self.algo.target_update_every == 0:
+            self.sync_target()
+
+    def sync_target(self) -> None:
+        self.target.load_state_dict(self.q.state_dict())
+
+    def drain_stats(self) -> tuple[float, int, list[float]]:
+        """(loss sum, loss count, finished training-episode returns) since the last call."""
+        out = (self.loss_sum, self.loss_count, self.finished_returns)
+        self.loss_sum, self.loss_count, self.finished_returns = 0.0, 0, []
+        return out
+
+    # ------------------------------------------------------------------ exact state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-exactly: numpy arrays and plain Python values.
+
+        The vector env (physics state, its RNGs, time limits) is stored pickled as uint8.
+        """
+        rng_state: dict[str, Any] = {
+            "numpy": copy.deepcopy(self.rng.bit_generator.state),
+            "torch": torch.get_rng_state().numpy().copy(),
+        }
+        if torch.cuda.is_available():
+            rng_state["cuda"] = [s.numpy().copy() for s in torch.cuda.get_rng_state_all()]
+        return {
+            "version": STATE_VERSION,
+            "q": module_to_numpy(self.q),
+            "target": module_to_numpy(self.target),
+            "optimizer": _to_numpy(self.optimizer.state_dict()),
+            "replay": self.replay.state_dict(),
+            "nstep": self.nstep.state_dict(),
+            "counters": {"vec_steps": self.vec_steps, "updates": self.updates,
+                         "loss_sum": self.loss_sum, "loss_count": self.loss_count},
+            "episode_return": self.episode_return.copy(),
+            "finished_returns": np.asarray(self.finished_returns, dtype=np.float64),
+            "obs": self.obs.copy(),
+            "envs": np.frombuffer(pickle.dumps(self.vec), dtype=np.uint8).copy(),
+            "rng": rng_state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()`` output exactly."""
+        if int(state["version"]) != STATE_VERSION:
+            raise ValueError(f"trainer state version {state['version']} != {STATE_VERSION}")
+        module_from_numpy(self.q, state["q"])
+        module_from_numpy(self.target, state["target"])
+        self.optimizer.load_state_dict(_to_torch(state["optimizer"]))
+        self.replay.load_state_dict(state["replay"])
+        self.nstep.load_state_dict(state["nstep"])
+        c = state["counters"]
+        self.vec_steps, self.updates = int(c["vec_steps"]), int(c["updates"])
+        self.loss_sum, self.loss_count = float(c["loss_sum"]), int(c["loss_count"])
+        self.episode_return = np.array(state["episode_return"], dtype=np.float64)
+        self.finished_returns = [float(x) for x in state["finished_returns"]]
+        self.obs = np.array(state["obs"], dtype=np.float32)
+        self.vec.close()
+        self.vec = pickle.loads(np.asarray(state["envs"], dtype=np.uint8).tobytes())
+        self.rng.bit_generator.state = copy.deepcopy(state["rng"]["numpy"])
+        torch.set_rng_state(torch.from_numpy(np.array(state["rng"]["torch"], dtype=np.uint8)))
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([torch.from_numpy(np.asarray(s)) for s in state["rng"]["cuda"]])
