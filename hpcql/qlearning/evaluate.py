@@ -1,0 +1,84 @@
+"""Exact values where the model is known: the greedy policy's value and the optimum.
+
+Both are distributed solves on the same shard and halo plan as the learner
+(collective): iterated ``policy_sweep`` for V^pi (warm-started from the last
+evaluation), the synchronous value-iteration solver for V*.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcql.config import DebugSection
+from hpcql.console import Console, ProgressTracker
+from hpcql.faults import FaultInjector
+from hpcql.tabular.kernels import policy_sweep
+from hpcql.tabular.problem import ShardedProblem
+from hpcql.tabular.value_iteration import value_iteration_sync
+from hpcql.timing import PhaseTimer
+
+
+class Evaluator:
+    """Evaluates greedy policies of a Q shard against the optimal values."""
+
+    def __init__(self, problem: ShardedProblem, tol: float, max_sweeps: int, report_states: list[int],
+                 console: Console, timer: PhaseTimer) -> None:
+        self.problem = problem
+        self.tol = tol
+        self.max_sweeps = max_sweeps
+        self.report_states = np.asarray(report_states, dtype=np.int64)
+        self.timer = timer
+        self.v_pi_ext = problem.new_ext()
+        self.v_new = np.empty(problem.n_local)
+        with timer.phase("compute"):
+            tracker = ProgressTracker(console, "optimum", "none", None, None)
+            sol = value_iteration_sync(problem, tol, max_sweeps, timer, tracker,
+                                       FaultInjector(DebugSection(), problem.comm.rank))
+        self.v_star = sol.v_local
+        self.v_star_report = self.at_states(self.v_star)
+
+    def at_states(self, v_local: np.ndarray) -> np.ndarray:
+        """Global values of ``report_states`` (collective)."""
+        sh = self.problem.shard
+        mine = (self.report_states >= sh.row_start) & (self.report_states < sh.row_stop)
+        local = np.zeros(self.report_states.size)
+        local[mine] = v_local[self.report_states[mine] - sh.row_start]
+        out = np.zeros_like(local)
+        self.problem.comm.Allreduce(local, out, op=MPI.SUM)
+        return out
+
+    def policy_value(self, policy: np.ndarray) -> np.ndarray:
+        """V^pi on the local rows to within ``tol`` (collective); warm start from the last call."""
+        p, sh = self.problem, self.problem.shard
+        n = p.n_local
+        threshold = self.tol * (1.0 - p.gamma) / p.gamma
+        local, glob = np.zeros(1), np.zeros(1)
+        for _ in range(self.max_sweeps):
+            with self.timer.phase("exchange"):
+                p.halo.exchange(self.v_pi_ext)
+            with self.timer.phase("compute"):
+                local[0] = policy_sweep(sh.indptr, p.cols, p.probs, sh.rewards, self.v_pi_ext, self.v_new,
+                                        p.gamma, policy)
+                self.v_pi_ext[:n] = self.v_new
+            with self.timer.phase("reduce"):
+                p.comm.Allreduce(local, glob, op=MPI.MAX)
+            if glob[0] < threshold:
+                break
+        return self.v_pi_ext[:n].copy()
+
+    def evaluate(self, q: np.ndarray) -> dict[str, float]:
+        """Greedy policy of ``q``: its value and relative gap at the first report state, mean gap."""
+        policy = np.argmax(q, axis=1).astype(np.int64) if q.size else np.zeros(0, dtype=np.int64)
+        v_pi = self.policy_value(policy)
+        at = self.at_states(v_pi)
+        gap_sum = np.array([float(np.sum(self.v_star - v_pi))])
+        tot = np.zeros(1)
+        self.problem.comm.Allreduce(gap_sum, tot, op=MPI.SUM)
+        star = float(self.v_star_report[0])
+        return {
+            "greedy_value_start": float(at[0]),
+            "optimal_value_start": star,
+            "gap_start": (star - float(at[0])) / abs(star) if star != 0 else star - float(at[0]),
+            "mean_gap": float(tot[0]) / self.problem.shard.num_states,
+        }

@@ -1,0 +1,145 @@
+"""Numba kernels that advance a batch of agents on one shard (pure, no MPI).
+
+An agent is (id, global state, rng counter, episode step). ``advance_agents``
+runs every agent for up to ``max_steps`` steps in array order: restart when the
+episode ended, pick an epsilon-greedy action, sample the successor from the
+shard's CSR row, apply the Q-learning update, and stop early when the successor
+(or a new start state) lies on another rank; the agent is then flagged in
+``moved`` for migration. ``max_a Q(s', .)`` of an off-rank successor is read from
+the ghost part of ``vmax_ext`` (the halo layout's extended vector).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from hpcql.qlearning.rng import agent_key, uniform
+
+# stats slots written by advance_agents
+ST_UPDATES, ST_ABS_TD, ST_RESTARTS, ST_MOVED = 0, 1, 2, 3
+NUM_STATS = 4
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _row_max(q, s):
+    m = q[s, 0]
+    for b in range(1, q.shape[1]):
+        if q[s, b] > m:
+            m = q[s, b]
+    return m
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def advance_agents(ids, states, ctrs, ep_steps, moved, max_steps, seed_key,
+                   q, visits, vmax_ext, indptr, cols, gstates, probs, rewards, absorbing,
+                   row_start, gamma, epsilon, alpha, omega, visit_steps,
+                   uniform_starts, start_states, num_states, max_episode_steps, stats):
+    """Advance every agent up to ``max_steps`` steps; returns the number of Q updates.
+
+    ``states[i] < 0`` means "not placed yet" (restart first). ``visit_steps``
+    selects the step size ``visits(s,a)^-omega`` instead of the constant ``alpha``.
+    With ``uniform_starts`` (exploring starts) a start state is uniform over all
+    states and the first action of an episode is uniform.
+    """
+    n_local, num_actions = q.shape
+    row_stop = row_start + n_local
+    n_starts = start_states.shape[0]
+    updates = 0
+    abs_td = 0.0
+    restarts = 0
+    n_moved = 0
+    for i in range(ids.shape[0]):
+        key = agent_key(seed_key, ids[i])
+        ctr = ctrs[i]
+        g = states[i]
+        ep = ep_steps[i]
+        s = g - row_start
+        out = False
+        t = 0
+        while t < max_steps:
+            t += 1
+            if g < 0 or ep >= max_episode_steps or absorbing[s]:
+                u = uniform(key, ctr, 3)
+                if uniform_starts:
+                    g = min(np.int64(u * num_states), num_states - 1)
+                else:
+                    g = start_states[min(np.int64(u * n_starts), n_starts - 1)]
+                ctr += np.uint64(1)
+                ep = 0
+                restarts += 1
+                if g < row_start or g >= row_stop:
+                    out = True
+                    break
+                s = g - row_start
+                continue
+            # epsilon-greedy action, ties broken uniformly
+            u = uniform(key, ctr, 1)
+            if (uniform_starts and ep == 0) or uniform(key, ctr, 0) < epsilon:
+                a = min(np.int64(u * num_actions), num_actions - 1)
+            else:
+                best = q[s, 0]
+                ties = 1
+                for b in range(1, num_actions):
+                    if q[s, b] > best:
+                        best = q[s, b]
+                        ties = 1
+                    elif q[s, b] == best:
+                        ties += 1
+                pick = min(np.int64(u * ties), ties - 1)
+                a = 0
+                for b in range(num_actions):
+                    if q[s, b] == best:
+                        if pick == 0:
+                            a = b
+                            break
+                        pick -= 1
+            # successor
+            row = s * num_actions + a
+            lo = indptr[row]
+            hi = indptr[row + 1]
+            u = uniform(key, ctr, 2)
+            k = lo
+            acc = probs[lo]
+            while acc <= u and k < hi - 1:
+                k += 1
+                acc += probs[k]
+            c = cols[k]
+            if c < n_local:
+                m = _row_max(q, c)
+            else:
+                m = vmax_ext[c]
+            td = rewards[s, a] + gamma * m - q[s, a]
+            visits[s, a] += 1
+            if visit_steps:
+                step = visits[s, a] ** (-omega)
+            else:
+                step = alpha
+            q[s, a] += step * td
+            abs_td += abs(td)
+            updates += 1
+            ctr += np.uint64(1)
+            ep += 1
+            g = gstates[k]
+            if c >= n_local:
+                out = True
+                break
+            s = c
+        states[i] = g
+        ctrs[i] = ctr
+        ep_steps[i] = ep
+        moved[i] = out
+        if out:
+            n_moved += 1
+    stats[ST_UPDATES] += updates
+    stats[ST_ABS_TD] += abs_td
+    stats[ST_RESTARTS] += restarts
+    stats[ST_MOVED] += n_moved
+    return updates
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def row_max(q, out):
+    """out[s] = max_a q[s, a]."""
+    for s in range(q.shape[0]):
+        out[s] = _row_max(q, s)

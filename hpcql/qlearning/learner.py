@@ -1,0 +1,129 @@
+"""One rank's learning state: its Q shard, ghost max-Q, visit counts, agents, counters.
+
+Everything needed to resume exactly is in ``state_dict()`` (plain numpy arrays);
+the communication modes (``sync_loop``, ``async_loop``) only move agents and
+ghost values in and out of a ``Learner``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hpcql.config import QLearningAlgo
+from hpcql.errors import BadInput
+from hpcql.qlearning.agents import RECORD, Agents, split_migrants
+from hpcql.qlearning.kernels import NUM_STATS, ST_ABS_TD, ST_MOVED, ST_RESTARTS, ST_UPDATES, advance_agents, row_max
+from hpcql.qlearning.rng import seed_key
+from hpcql.tabular.problem import ShardedProblem
+
+COUNTERS = ("updates", "abs_td", "restarts", "moved", "received", "rounds")
+
+
+def absorbing_states(problem: ShardedProblem) -> np.ndarray:
+    """Local states whose every action loops back to the state with probability 1."""
+    sh = problem.shard
+    A = sh.num_actions
+    row_len = np.diff(sh.indptr)
+    row_state = sh.row_start + np.arange(sh.n_local * A, dtype=np.int64) // A
+    entry_state = np.repeat(row_state, row_len)
+    leaving = (sh.indices != entry_state) & (problem.probs > 0)
+    rows_leaving = np.bincount(np.repeat(np.arange(sh.n_local * A), row_len), weights=leaving,
+                               minlength=sh.n_local * A)
+    return (rows_leaving.reshape(sh.n_local, A) == 0).all(axis=1) if sh.n_local else np.zeros(0, dtype=bool)
+
+
+class Learner:
+    """Q-learning state of one rank; ``advance`` runs the agents, migrants come back out."""
+
+    def __init__(self, problem: ShardedProblem, algo: QLearningAlgo, seed: int) -> None:
+        sh = problem.shard
+        comm = problem.comm
+        bad = [s for s in algo.start_states if s >= sh.num_states]
+        if bad:
+            raise BadInput(f"[algo] start_states: state {bad[0]} out of range [0, {sh.num_states})", agreed=True)
+        if not algo.start_states:
+            raise BadInput("[algo] start_states: needs at least one state", agreed=True)
+        self.problem = problem
+        self.algo = algo
+        self.seed_key = seed_key(seed)
+        self.absorbing = absorbing_states(problem)
+        self.q = np.full((sh.n_local, sh.num_actions), float(algo.q_init))
+        # absorbing states are never updated (episodes end there): start them at their exact value
+        self.q[self.absorbing] = sh.rewards[self.absorbing] / (1.0 - problem.gamma)
+        self.visits = np.zeros(self.q.shape, dtype=np.int64)
+        self.vmax_ext = problem.new_ext()
+        self.refresh_local_max()
+        self.agents = Agents.create(comm.rank * algo.agents_per_rank, algo.agents_per_rank)
+        self.total_agents = algo.agents_per_rank * comm.size
+        self.start_states = np.asarray(algo.start_states, dtype=np.int64)
+        self.uniform_starts = algo.starts == "exploring"
+        self.stats = np.zeros(NUM_STATS)
+        self.received = 0
+        self.rounds = 0
+
+    # ------------------------------------------------------------------ hot path
+    def advance(self, max_steps: int, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
+        """Run every local agent up to ``max_steps`` steps.
+
+        Returns the migrants' records sorted by owner rank and the count per rank;
+        they are no longer part of this rank's agents.
+        """
+        p, sh, a, algo = self.problem, self.problem.shard, self.agents, self.algo
+        moved = np.zeros(len(a), dtype=np.bool_)
+        advance_agents(a.ids, a.states, a.ctrs, a.ep_steps, moved, max_steps, self.seed_key,
+                       self.q, self.visits, self.vmax_ext, sh.indptr, p.cols, sh.indices, p.probs, sh.rewards,
+                       self.absorbing, sh.row_start, p.gamma, epsilon, algo.alpha, algo.omega,
+                       algo.step_size == "visits", self.uniform_starts, self.start_states, sh.num_states,
+                       algo.max_episode_steps, self.stats)
+        self.rounds += 1
+        self.agents, records, counts = split_migrants(a, moved, p.offsets)
+        return records, counts
+
+    def receive(self, records: np.ndarray) -> None:
+        """Append arriving agents (records in arrival order)."""
+        if records.size:
+            incoming = Agents.unpack(records)
+            self.received += len(incoming)
+            self.agents = Agents.concat([self.agents, incoming])
+
+    def refresh_local_max(self) -> None:
+        """vmax_ext[:n_local] = max_a Q(s, a) (what the halo sends to other ranks)."""
+        row_max(self.q, self.vmax_ext[: self.problem.n_local])
+
+    # ------------------------------------------------------------------ reporting
+    @property
+    def updates(self) -> int:
+        return int(self.stats[ST_UPDATES])
+
+    def counters(self) -> np.ndarray:
+        """Cumulative local counters in ``COUNTERS`` order (float64, for reductions)."""
+        s = self.stats
+        return np.array([s[ST_UPDATES], s[ST_ABS_TD], s[ST_RESTARTS], s[ST_MOVED], self.received, self.rounds])
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Everything needed to resume this rank exactly (copies, plain numpy arrays)."""
+        a = self.agents
+        return {
+            "q": self.q.copy(),
+            "visits": self.visits.copy(),
+            "vmax_ext": self.vmax_ext.copy(),
+            "agent_records": a.pack().reshape(-1, RECORD),
+            "stats": self.stats.copy(),
+            "received": np.array(self.received, dtype=np.int64),
+            "rounds": np.array(self.rounds, dtype=np.int64),
+            "row_range": np.array([self.problem.shard.row_start, self.problem.shard.row_stop], dtype=np.int64),
+        }
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore from ``state_dict()`` of the same shard."""
+        rows = np.array([self.problem.shard.row_start, self.problem.shard.row_stop], dtype=np.int64)
+        if not np.array_equal(np.asarray(state["row_range"]), rows) or state["q"].shape != self.q.shape:
+            raise BadInput(f"q-learning state for rows {state['row_range']} does not fit shard {rows}")
+        self.q[...] = state["q"]
+        self.visits[...] = state["visits"]
+        self.vmax_ext[...] = state["vmax_ext"]
+        self.agents = Agents.unpack(state["agent_records"])
+        self.stats[...] = state["stats"]
+        self.received = int(state["received"])
+        self.rounds = int(state["rounds"])
