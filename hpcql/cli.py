@@ -102,6 +102,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    """``hpcql submit``: render a SLURM job script and sbatch it (hpcql.slurm.submit)."""
+    from hpcql.slurm.submit import cmd_submit as submit
+
+    return submit(args)
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    """``hpcql scale``: a strong or weak scaling study (hpcql.scaling.runner)."""
+    from hpcql.scaling.runner import cmd_scale as scale
+
+    return scale(args)
+
+
 def build_parser() -> ArgParser:
     parser = ArgParser(prog="hpcql", description="MPI batch toolkit for Q-learning and dynamic programming at scale.")
     parser.add_argument("--version", action="version", version=f"hpcql {__version__}")
@@ -116,6 +130,17 @@ def build_parser() -> ArgParser:
     insp = sub.add_parser("inspect", help="summarise an MDP, result or checkpoint file")
     insp.add_argument("file")
     insp.set_defaults(func=cmd_inspect)
+
+    from hpcql.scaling.runner import add_arguments as scale_arguments
+    from hpcql.slurm.submit import add_arguments as submit_arguments
+
+    subm = sub.add_parser("submit", help="submit a job (or a sweep as a job array) to SLURM")
+    submit_arguments(subm)
+    subm.set_defaults(func=cmd_submit)
+
+    scale = sub.add_parser("scale", help="strong/weak scaling study: CSV, Markdown table, plots, projection")
+    scale_arguments(scale)
+    scale.set_defaults(func=cmd_scale)
     return parser
 
 

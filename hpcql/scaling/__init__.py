@@ -1,0 +1,1 @@
+"""Scaling studies: runner (hpcql scale), tables and plots, alpha-beta projection."""

@@ -1,0 +1,1 @@
+"""SLURM batch jobs: job-script templates (``hpcql/templates/``), rendering and ``hpcql submit``."""
