@@ -35,8 +35,8 @@ class NStepAccumulator:
             starts = range(c) if ended else ([0] if c == self.n else [])
             for s in starts:
                 k = c - s
-                out["obs"].append(self.obs[e, s])
-                out["action"].append(self.action[e, s])
+                out["obs"].append(self.obs[e, s].copy())
+                out["action"].append(int(self.action[e, s]))
                 out["ret"].append(float(np.dot(self.reward[e, s:c], self.powers[:k])))
                 out["next_obs"].append(next_obs[e])
                 out["done"].append(float(terminated[e]))

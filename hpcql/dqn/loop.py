@@ -1,0 +1,226 @@
+"""The DQN training loop of one rank: act, learn, exchange, evaluate, record the curve.
+
+``sync``: gradients averaged with one blocking Allreduce per update (replicas identical).
+``async`` + ``overlap``: Iallreduce overlapped with acting, applied ``max_staleness``
+updates late (replicas still identical, results still deterministic).
+``async`` + ``parameter-server``: rank 0 is the server (see ``param_server``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from hpcql.config import Config, DQNAlgo
+from hpcql.console import Console
+from hpcql.dqn.envs import eval_episode_ids, greedy_returns
+from hpcql.dqn.exchange import OverlapAllreduce, SyncAllreduce, check_replicas
+from hpcql.dqn.nstep import linear_epsilon
+from hpcql.dqn.param_server import ParameterServer, PSWorker
+from hpcql.dqn.trainer import ReplicaTrainer
+from hpcql.faults import FaultInjector
+from hpcql.timing import PhaseTimer
+
+CURVE_COLUMNS = ("env_steps", "wall_seconds", "eval_return_mean", "eval_return_std", "train_return_mean",
+                 "loss", "epsilon", "env_steps_per_s", "updates_per_s", "updates", "allreduce_seconds")
+
+
+def scheme_of(algo: DQNAlgo) -> str:
+    """"sync", "overlap" or "parameter-server"."""
+    return "sync" if algo.mode == "sync" else algo.async_scheme
+
+
+class DQNLoop:
+    """Drives one rank's ``ReplicaTrainer``; every decision is a function of agreed counters."""
+
+    def __init__(self, cfg: Config, comm: MPI.Comm, trainer: ReplicaTrainer, timer: PhaseTimer,
+                 console: Console) -> None:
+        algo: DQNAlgo = cfg.algo  # type: ignore[assignment]
+        self.cfg, self.algo, self.comm, self.trainer, self.timer, self.console = cfg, algo, comm, trainer, timer, console
+        self.scheme = scheme_of(algo)
+        self.steps_per_vec = cfg.env.num_envs * comm.size  # global env steps per vector step of every rank
+        self.total_vec = math.ceil(algo.total_steps / self.steps_per_vec)
+        self.eval_every_vec = max(1, round(algo.eval_every / self.steps_per_vec))
+        self.learn_start_vec = max(algo.n_step, math.ceil(algo.learning_starts / self.steps_per_vec))
+        if self.scheme == "sync":
+            self.exchange: Any = SyncAllreduce(comm, timer)
+        elif self.scheme == "overlap":
+            self.exchange = OverlapAllreduce(comm, timer, trainer.flat.size, algo.max_staleness)
+        elif comm.rank == 0:
+            self.exchange = ParameterServer(comm, trainer, timer)
+        else:
+            self.exchange = PSWorker(comm, trainer, timer, algo.max_staleness)
+        self.faults = FaultInjector(cfg.debug, comm.rank)
+        self.curve: list[dict[str, float]] = []
+        self.eval_returns: list[np.ndarray] = []
+        self.solved_at: tuple[int, float] | None = None  # (global env steps, wall seconds)
+        self.wall_offset = 0.0  # wall seconds of earlier segments (resume)
+        self.t0 = time.perf_counter()
+        self.last_eval = (0, 0.0, 0)  # (global steps, wall, updates) at the previous evaluation
+
+    # ----------------------------------------------------------------- counters
+    @property
+    def global_steps(self) -> int:
+        return self.trainer.vec_steps * self.steps_per_vec
+
+    def wall(self) -> float:
+        return self.wall_offset + time.perf_counter() - self.t0
+
+    def epsilon(self) -> float:
+        a = self.algo
+        return linear_epsilon(self.global_steps, a.eps_start, a.eps_end, a.eps_decay_steps)
+
+    # ----------------------------------------------------------------- learning
+    def _apply(self, flat: np.ndarray) -> None:
+        with self.timer.phase("compute"):
+            self.trainer.apply_grads(flat)
+        self._after_update()
+
+    def _after_update(self) -> None:
+        a, t = self.algo, self.trainer
+        if t.updates == a.diverge_at_update and self.comm.rank == a.diverge_rank:
+            with torch.no_grad():
+                next(t.q.parameters()).view(-1)[0] += 1e-3  # debug: a replica that silently diverged
+        if self.scheme != "parameter-server" and a.check_every and t.updates % a.check_every == 0:
+            with self.timer.phase("exchange"):
+                check_replicas(self.comm, t.q, t.updates)
+
+    def update(self) -> None:
+        """One gradient update, the way the mode says."""
+        self.faults.tick(self.trainer.updates)
+        if self.scheme == "sync":
+            with self.timer.phase("compute"):
+                grad = self.trainer.compute_grads()
+            self._apply(self.exchange.average(grad))
+        elif self.scheme == "overlap":
+            with self.timer.phase("compute"):
+                grad = self.trainer.compute_grads()
+            self.exchange.start(grad, self.trainer.updates)
+            for avg in self.exchange.ready(self.trainer.updates):
+                self._apply(avg)
+        else:
+            with self.timer.phase("compute"):
+                self.exchange.update()
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluate(self) -> float:
+        """Greedy episodes spread over ranks, reduced; appends a curve point (collective)."""
+        if self.scheme == "parameter-server":
+            self.exchange.quiesce()
+        comm, t = self.comm, self.trainer
+        with self.timer.phase("eval"):
+            ids = eval_episode_ids(self.algo.eval_episodes, comm.rank, comm.size)
+            local = greedy_returns(self.cfg.env, t.greedy, ids, self.cfg.run.seed) if ids else np.zeros(0)
+            loss_sum, loss_count, train_returns = t.drain_stats()
+            gathered = comm.allgather((ids, local.tolist(), loss_sum, loss_count, train_returns))
+        returns = np.zeros(self.algo.eval_episodes)
+        for rank_ids, rank_returns, *_ in gathered:
+            returns[rank_ids] = rank_returns
+        loss_total = sum(g[2] for g in gathered)
+        loss_n = sum(g[3] for g in gathered)
+        train = [r for g in gathered for r in g[4]]
+        comm_seconds = comm.allreduce(self.timer.seconds.get("exchange", 0.0) + self.timer.seconds.get("wait", 0.0),
+                                      op=MPI.MAX)
+        # sync/overlap: every replica applied the same updates; PS: the master's count (agreed in quiesce)
+        updates = int(self.exchange.version) if self.scheme == "parameter-server" else t.updates
+        steps, wall = self.global_steps, self.wall()
+        d_steps, d_wall, d_updates = steps - self.last_eval[0], wall - self.last_eval[1], updates - self.last_eval[2]
+        point = {
+            "env_steps": steps, "wall_seconds": wall,
+            "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
+            "train_return_mean": float(np.mean(train)) if train else float("nan"),
+            "loss": loss_total / loss_n if loss_n else float("nan"),
+            "epsilon": self.epsilon(),
+            "env_steps_per_s": d_steps / d_wall if d_wall > 0 else float("nan"),
+            "updates_per_s": d_updates / d_wall if d_wall > 0 else float("nan"),
+            "updates": updates, "allreduce_seconds": comm_seconds,
+        }
+        self.last_eval = (steps, wall, updates)
+        self.curve.append(point)
+        self.eval_returns.append(returns)
+        self.console.info(f"eval @ {steps:,} env steps ({wall:.1f} s): return {point['eval_return_mean']:.1f} "
+                          f"± {point['eval_return_std']:.1f} over {len(returns)} episodes, loss {point['loss']:.4g}, "
+                          f"eps {point['epsilon']:.3f}, {point['env_steps_per_s']:.0f} env steps/s, "
+                          f"{point['updates_per_s']:.1f} updates/s")
+        return point["eval_return_mean"]
+
+    def _solved(self, mean: float) -> bool:
+        target = self.algo.target_return
+        if target is not None and mean >= target and self.solved_at is None:
+            self.solved_at = (self.global_steps, self.wall())
+        return target is not None and mean >= target
+
+    # ----------------------------------------------------------------- the loop
+    def run(self) -> None:
+        """Act and learn until the budget is spent or an evaluation reaches ``target_return``."""
+        t, a = self.trainer, self.algo
+        tracker = self.console.tracker("env steps", total=a.total_steps)
+        evaluated_at = -1
+        try:
+            while t.vec_steps < self.total_vec:
+                with self.timer.phase("act"):
+                    t.act(self.epsilon())
+                if self.scheme != "sync":
+                    self.exchange.poll()
+                if t.vec_steps >= self.learn_start_vec and t.vec_steps % a.train_every == 0:
+                    for _ in range(a.gradient_steps):
+                        self.update()
+                if t.vec_steps % self.eval_every_vec == 0:
+                    evaluated_at = t.vec_steps
+                    if self._solved(self.evaluate()):
+                        self.finish(solved=True)
+                        return
+                if t.vec_steps % 16 == 0:
+                    tracker.update(self.global_steps, eps=self.epsilon())
+            self.finish(solved=False)
+            if evaluated_at != t.vec_steps or self.scheme == "overlap":
+                self._solved(self.evaluate())
+        finally:
+            tracker.close()
+
+    def finish(self, solved: bool) -> None:
+        """Bring the replicas to their final, identical parameters (collective)."""
+        if self.scheme == "overlap":
+            if solved:  # keep the parameters that were evaluated; complete and drop the rest
+                MPI.Request.Waitall([r for r, _, _ in self.exchange.pending])
+                self.exchange.pending.clear()
+            else:
+                for avg in self.exchange.ready(self.trainer.updates, flush=True):
+                    self._apply(avg)
+        elif self.scheme == "parameter-server" and not solved:
+            self.exchange.quiesce()
+
+    def staleness(self) -> list[int]:
+        """Staleness (in updates) of the gradients applied, gathered on every rank."""
+        own = list(getattr(self.exchange, "staleness", []))
+        return [s for part in self.comm.allgather(own if self.scheme != "overlap" or self.comm.rank == 0 else [])
+                for s in part]
+
+    # ----------------------------------------------------------------- exact state (for checkpoints)
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's full training state; call at an evaluation point (PS: after ``quiesce``)."""
+        out = {"trainer": self.trainer.state_dict(), "curve": [dict(p) for p in self.curve],
+               "eval_returns": [r.copy() for r in self.eval_returns], "wall_seconds": self.wall(),
+               "last_eval": list(self.last_eval), "solved_at": self.solved_at}
+        if self.scheme == "overlap":
+            out["exchange"] = self.exchange.state_dict()
+        elif self.scheme == "parameter-server":
+            out["ps_version"] = int(self.exchange.version)
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trainer.load_state_dict(state["trainer"])
+        self.curve = [dict(p) for p in state["curve"]]
+        self.eval_returns = [np.asarray(r) for r in state["eval_returns"]]
+        self.wall_offset, self.t0 = float(state["wall_seconds"]), time.perf_counter()
+        self.last_eval = tuple(state["last_eval"])  # type: ignore[assignment]
+        self.solved_at = tuple(state["solved_at"]) if state["solved_at"] is not None else None  # type: ignore
+        if self.scheme == "overlap":
+            self.exchange.load_state_dict(state["exchange"])
+        elif self.scheme == "parameter-server":
+            self.exchange.version = int(state["ps_version"])
