@@ -202,8 +202,8 @@ class QLearningAlgo(AlgoBase):
     epsilon_end: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
     epsilon_decay_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
     """Fraction of the budget over which epsilon goes from start to end."""
-    step_size: Literal["constant", "visits"] = "visits"
-    """constant: alpha; visits: 1 / n(s,a)^omega."""
+    step_size: Literal["constant", "visits", "rescaled"] = "rescaled"
+    """constant: alpha; visits: n(s,a)^-omega; rescaled: (1 + (1-gamma)(n(s,a)-1))^-omega."""
     alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
     omega: Annotated[float, Field(gt=0.5, le=1.0)] = 0.7
     starts: Literal["fixed", "exploring"] = "exploring"
@@ -228,6 +228,8 @@ class CheckpointSection(Section):
     every_iterations: Annotated[int, Field(ge=0)] = 0
     """0 disables the iteration trigger."""
     keep: Annotated[int, Field(ge=1)] = 3
+    fresh: bool = False
+    """Delete existing checkpoints in out_dir and start over (``hpcql run --fresh``)."""
 
 
 class DebugSection(Section):
@@ -238,6 +240,9 @@ class DebugSection(Section):
     slow_rank: int = -1
     slow_seconds: Annotated[float, Field(ge=0.0)] = 0.0
     """Sleep this long per iteration on slow_rank."""
+    signal_rank: int = -1
+    signal_at_iteration: Annotated[int, Field(ge=0)] = 0
+    """Send SIGUSR1 to this process on signal_rank at that iteration (checkpoint/requeue tests)."""
 
 
 class SlurmSection(Section):

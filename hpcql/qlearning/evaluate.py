@@ -10,12 +10,8 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from hpcql.config import DebugSection
-from hpcql.console import Console, ProgressTracker
-from hpcql.faults import FaultInjector
-from hpcql.tabular.kernels import policy_sweep
+from hpcql.tabular.kernels import bellman_sweep, policy_sweep
 from hpcql.tabular.problem import ShardedProblem
-from hpcql.tabular.value_iteration import value_iteration_sync
 from hpcql.timing import PhaseTimer
 
 
@@ -23,7 +19,7 @@ class Evaluator:
     """Evaluates greedy policies of a Q shard against the optimal values."""
 
     def __init__(self, problem: ShardedProblem, tol: float, max_sweeps: int, report_states: list[int],
-                 console: Console, timer: PhaseTimer) -> None:
+                 timer: PhaseTimer) -> None:
         self.problem = problem
         self.tol = tol
         self.max_sweeps = max_sweeps
@@ -31,12 +27,33 @@ class Evaluator:
         self.timer = timer
         self.v_pi_ext = problem.new_ext()
         self.v_new = np.empty(problem.n_local)
-        with timer.phase("compute"):
-            tracker = ProgressTracker(console, "optimum", "none", None, None)
-            sol = value_iteration_sync(problem, tol, max_sweeps, timer, tracker,
-                                       FaultInjector(DebugSection(), problem.comm.rank))
-        self.v_star = sol.v_local
+        self.v_star = self.optimal_value()
         self.v_star_report = self.at_states(self.v_star)
+
+    def _sweeps(self, sweep, v_ext: np.ndarray) -> np.ndarray:
+        """Jacobi sweeps ``sweep(v_ext, v_new) -> max change`` until V is within ``tol`` (collective)."""
+        p = self.problem
+        n = p.n_local
+        threshold = self.tol * (1.0 - p.gamma) / p.gamma
+        local, glob = np.zeros(1), np.zeros(1)
+        for _ in range(self.max_sweeps):
+            with self.timer.phase("exchange"):
+                p.halo.exchange(v_ext)
+            with self.timer.phase("compute"):
+                local[0] = sweep(v_ext, self.v_new)
+                v_ext[:n] = self.v_new
+            with self.timer.phase("reduce"):
+                p.comm.Allreduce(local, glob, op=MPI.MAX)
+            if glob[0] < threshold:
+                break
+        return v_ext[:n].copy()
+
+    def optimal_value(self) -> np.ndarray:
+        """V* on the local rows by value iteration (the shared Bellman kernel), within ``tol``."""
+        p, sh = self.problem, self.problem.shard
+        greedy = np.zeros(p.n_local, dtype=np.int64)
+        return self._sweeps(lambda v_ext, v_out: bellman_sweep(sh.indptr, p.cols, p.probs, sh.rewards, v_ext,
+                                                               v_out, p.gamma, greedy), p.new_ext())
 
     def at_states(self, v_local: np.ndarray) -> np.ndarray:
         """Global values of ``report_states`` (collective)."""
@@ -51,21 +68,8 @@ class Evaluator:
     def policy_value(self, policy: np.ndarray) -> np.ndarray:
         """V^pi on the local rows to within ``tol`` (collective); warm start from the last call."""
         p, sh = self.problem, self.problem.shard
-        n = p.n_local
-        threshold = self.tol * (1.0 - p.gamma) / p.gamma
-        local, glob = np.zeros(1), np.zeros(1)
-        for _ in range(self.max_sweeps):
-            with self.timer.phase("exchange"):
-                p.halo.exchange(self.v_pi_ext)
-            with self.timer.phase("compute"):
-                local[0] = policy_sweep(sh.indptr, p.cols, p.probs, sh.rewards, self.v_pi_ext, self.v_new,
-                                        p.gamma, policy)
-                self.v_pi_ext[:n] = self.v_new
-            with self.timer.phase("reduce"):
-                p.comm.Allreduce(local, glob, op=MPI.MAX)
-            if glob[0] < threshold:
-                break
-        return self.v_pi_ext[:n].copy()
+        return self._sweeps(lambda v_ext, v_out: policy_sweep(sh.indptr, p.cols, p.probs, sh.rewards, v_ext, v_out,
+                                                              p.gamma, policy), self.v_pi_ext)
 
     def evaluate(self, q: np.ndarray) -> dict[str, float]:
         """Greedy policy of ``q``: its value and relative gap at the first report state, mean gap."""

@@ -19,6 +19,8 @@ from hpcql.qlearning.rng import agent_key, uniform
 # stats slots written by advance_agents
 ST_UPDATES, ST_ABS_TD, ST_RESTARTS, ST_MOVED = 0, 1, 2, 3
 NUM_STATS = 4
+STEP_CONSTANT, STEP_VISITS, STEP_RESCALED = 0, 1, 2
+STEP_KINDS = {"constant": STEP_CONSTANT, "visits": STEP_VISITS, "rescaled": STEP_RESCALED}
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -33,12 +35,12 @@ def _row_max(q, s):
 @njit(cache=True, nogil=True, boundscheck=False)
 def advance_agents(ids, states, ctrs, ep_steps, moved, max_steps, seed_key,
                    q, visits, vmax_ext, indptr, cols, gstates, probs, rewards, absorbing,
-                   row_start, gamma, epsilon, alpha, omega, visit_steps,
+                   row_start, gamma, epsilon, alpha, omega, step_kind,
                    uniform_starts, start_states, num_states, max_episode_steps, stats):
     """Advance every agent up to ``max_steps`` steps; returns the number of Q updates.
 
-    ``states[i] < 0`` means "not placed yet" (restart first). ``visit_steps``
-    selects the step size ``visits(s,a)^-omega`` instead of the constant ``alpha``.
+    ``states[i] < 0`` means "not placed yet" (restart first). ``step_kind``: constant
+    ``alpha``, ``n(s,a)^-omega`` (visits) or ``(1 + (1-gamma)(n(s,a)-1))^-omega`` (rescaled).
     With ``uniform_starts`` (exploring starts) a start state is uniform over all
     states and the first action of an episode is uniform.
     """
@@ -111,8 +113,10 @@ def advance_agents(ids, states, ctrs, ep_steps, moved, max_steps, seed_key,
                 m = vmax_ext[c]
             td = rewards[s, a] + gamma * m - q[s, a]
             visits[s, a] += 1
-            if visit_steps:
+            if step_kind == STEP_VISITS:
                 step = visits[s, a] ** (-omega)
+            elif step_kind == STEP_RESCALED:
+                step = (1.0 + (1.0 - gamma) * (visits[s, a] - 1)) ** (-omega)
             else:
                 step = alpha
             q[s, a] += step * td

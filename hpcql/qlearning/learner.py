@@ -12,7 +12,7 @@ import numpy as np
 from hpcql.config import QLearningAlgo
 from hpcql.errors import BadInput
 from hpcql.qlearning.agents import RECORD, Agents, split_migrants
-from hpcql.qlearning.kernels import NUM_STATS, ST_ABS_TD, ST_MOVED, ST_RESTARTS, ST_UPDATES, advance_agents, row_max
+from hpcql.qlearning.kernels import NUM_STATS, STEP_KINDS, ST_ABS_TD, ST_MOVED, ST_RESTARTS, ST_UPDATES, advance_agents, row_max
 from hpcql.qlearning.rng import seed_key
 from hpcql.tabular.problem import ShardedProblem
 
@@ -73,7 +73,7 @@ class Learner:
         advance_agents(a.ids, a.states, a.ctrs, a.ep_steps, moved, max_steps, self.seed_key,
                        self.q, self.visits, self.vmax_ext, sh.indptr, p.cols, sh.indices, p.probs, sh.rewards,
                        self.absorbing, sh.row_start, p.gamma, epsilon, algo.alpha, algo.omega,
-                       algo.step_size == "visits", self.uniform_starts, self.start_states, sh.num_states,
+                       STEP_KINDS[algo.step_size], self.uniform_starts, self.start_states, sh.num_states,
                        algo.max_episode_steps, self.stats)
         self.rounds += 1
         self.agents, records, counts = split_migrants(a, moved, p.offsets)

@@ -42,7 +42,7 @@ def run_qlearning(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
     console.info(f"q-learning ({algo.mode}): {learner.total_agents:,} agents, budget "
                  f"{algo.budget_updates:,} updates" + (f" / {algo.budget_seconds:g} s" if algo.budget_seconds else "")
                  + f", exchange every {algo.exchange_every} steps, starts {algo.starts}")
-    evaluator = Evaluator(problem, min(algo.tol, 1e-6), algo.max_iterations, algo.start_states, console, timer)
+    evaluator = Evaluator(problem, min(algo.tol, 1e-6), algo.max_iterations, algo.start_states, timer)
     faults = FaultInjector(cfg.debug, comm.rank)
     t_learn = time.perf_counter()
     monitor = Monitor(algo, comm.size, console, t_learn)
