@@ -205,7 +205,7 @@ class QLearningAlgo(AlgoBase):
     step_size: Literal["constant", "visits", "rescaled"] = "rescaled"
     """constant: alpha; visits: n(s,a)^-omega; rescaled: (1 + (1-gamma)(n(s,a)-1))^-omega."""
     alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
-    omega: Annotated[float, Field(gt=0.5, le=1.0)] = 0.7
+    omega: Annotated[float, Field(gt=0.5, le=1.0)] = 0.8
     starts: Literal["fixed", "exploring"] = "exploring"
     """fixed: episodes start in start_states (uniform pick); exploring: uniform state, uniform first action."""
     start_states: list[Annotated[int, Field(ge=0)]] = [0]
