@@ -173,26 +173,32 @@ class DQNLoop:
                 if t.vec_steps % self.eval_every_vec == 0:
                     evaluated_at = t.vec_steps
                     if self._solved(self.evaluate()):
-                        self.finish(solved=True)
+                        self.finish(evaluated=True)
                         return
                 if t.vec_steps % 16 == 0:
                     tracker.update(self.global_steps, eps=self.epsilon())
-            self.finish(solved=False)
-            if evaluated_at != t.vec_steps or self.scheme == "overlap":
+            done_at_eval = evaluated_at == t.vec_steps
+            self.finish(evaluated=done_at_eval)
+            if not done_at_eval:
                 self._solved(self.evaluate())
         finally:
             tracker.close()
 
-    def finish(self, solved: bool) -> None:
-        """Bring the replicas to their final, identical parameters (collective)."""
+    def finish(self, evaluated: bool) -> None:
+        """Bring the replicas to their final, identical parameters (collective).
+
+        When the last step was just evaluated those parameters are final: overlapped
+        reductions still in flight are completed and dropped, so the result file holds
+        exactly the evaluated network.
+        """
         if self.scheme == "overlap":
-            if solved:  # keep the parameters that were evaluated; complete and drop the rest
+            if evaluated:
                 MPI.Request.Waitall([r for r, _, _ in self.exchange.pending])
                 self.exchange.pending.clear()
             else:
                 for avg in self.exchange.ready(self.trainer.updates, flush=True):
                     self._apply(avg)
-        elif self.scheme == "parameter-server" and not solved:
+        elif self.scheme == "parameter-server" and not evaluated:
             self.exchange.quiesce()
 
     def staleness(self) -> list[int]:

@@ -1,0 +1,180 @@
+"""Replicated DQN engine: pure pieces in-process, the engine under mpiexec (every launch has a timeout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import hpcql, write_toml
+from hpcql.config import parse_config
+from hpcql.dqn.nstep import NStepAccumulator, linear_epsilon
+from hpcql.dqn.replay import ReplayShard
+from hpcql.dqn.trainer import ReplicaTrainer
+
+CARTPOLE = """
+[run]
+out_dir = "{out}"
+progress = "none"
+plots = false
+seed = {seed}
+[env]
+kind = "gymnasium"
+id = "CartPole-v1"
+num_envs = {envs}
+[algo]
+name = "dqn"
+mode = "{mode}"
+async_scheme = "{scheme}"
+total_steps = {steps}
+batch_size = {batch}
+lr = 1e-3
+learning_starts = 1000
+target_update_every = 100
+n_step = 3
+eps_decay_steps = 10000
+eval_every = 5000
+eval_episodes = 20
+target_return = 475.0
+check_every = 50
+"""
+
+ACROBOT = CARTPOLE.replace('"CartPole-v1"', '"Acrobot-v1"').replace("target_return = 475.0", "target_return = -100.0")
+
+
+def job(tmp_path: Path, ranks: int, mode: str = "sync", scheme: str = "overlap", steps: int = 4000,
+        seed: int = 0, name: str = "run", template: str = CARTPOLE) -> Path:
+    """A job whose global data rate (4 envs) and global batch (64) do not depend on the rank count."""
+    out = tmp_path / name
+    text = template.format(out=out, seed=seed, envs=max(1, 4 // ranks), mode=mode, scheme=scheme, steps=steps,
+                           batch=max(16, 64 // ranks))
+    return write_toml(tmp_path / f"{name}.toml", text)
+
+
+def read_params(path: Path) -> dict[str, bytes]:
+    with h5py.File(path, "r") as f:
+        return {k: np.asarray(f["params"][k]).tobytes() for k in f["params"]}
+
+
+# ----------------------------------------------------------------------------- pure, in one process
+def test_nstep_returns_and_episode_end() -> None:
+    acc = NStepAccumulator(1, 3, 0.5, 1)
+    no = np.array([False])
+    outs = [acc.push(np.array([[t]], float), np.array([t]), np.array([1.0]), np.array([[t + 1]], float),
+                     no, np.array([t == 4])) for t in range(5)]
+    assert [len(o["action"]) for o in outs] == [0, 0, 1, 1, 3]
+    np.testing.assert_allclose(outs[2]["ret"], [1.75])
+    np.testing.assert_allclose(outs[2]["obs"].ravel(), [0.0])  # the window's first observation
+    np.testing.assert_allclose(outs[4]["ret"], [1.75, 1.5, 1.0])
+    np.testing.assert_allclose(outs[4]["discount"], [0.125, 0.25, 0.5])
+    np.testing.assert_allclose(outs[4]["done"], [0, 0, 0])  # truncated: bootstrap
+    assert linear_epsilon(0, 1.0, 0.1, 10) == 1.0 and linear_epsilon(20, 1.0, 0.1, 10) == pytest.approx(0.1)
+
+
+def test_replay_ring_buffer_and_state() -> None:
+    r = ReplayShard(5, 2)
+    batch = {"obs": np.arange(14.0).reshape(7, 2), "action": np.arange(7), "ret": np.ones(7),
+             "next_obs": np.zeros((7, 2)), "done": np.zeros(7), "discount": np.ones(7)}
+    r.add(batch)
+    assert (r.size, r.pos) == (5, 2)
+    assert list(r.action) == [5, 6, 2, 3, 4]
+    r2 = ReplayShard(5, 2)
+    r2.load_state_dict(r.state_dict())
+    s1, s2 = r.sample(np.random.default_rng(1), 8), r2.sample(np.random.default_rng(1), 8)
+    assert all(np.array_equal(s1[k], s2[k]) for k in s1)
+
+
+def test_trainer_state_dict_restores_exactly() -> None:
+    cfg = parse_config({"env": {"kind": "gymnasium", "id": "CartPole-v1", "num_envs": 2},
+                        "algo": {"name": "dqn", "batch_size": 16, "hidden": [32]}})
+
+    def make() -> ReplicaTrainer:
+        return ReplicaTrainer(cfg.algo, cfg.env, 4, 2, 0.99, seed=3, rank=1, device=torch.device("cpu"))
+
+    def cont(t: ReplicaTrainer) -> tuple[np.ndarray, np.ndarray]:
+        params = []
+        for _ in range(60):
+            t.act(0.3)
+            t.apply_grads(t.compute_grads().copy())
+            params.append(t.flat.gather_params().copy())
+        return np.stack(params), t.replay.state_dict()["obs"]
+
+    a = make()
+    for i in range(80):
+        a.act(0.5)
+        if i > 5:
+            a.apply_grads(a.compute_grads().copy())
+    state = a.state_dict()
+    first = cont(a)
+    b = make()
+    b.load_state_dict(state)
+    second = cont(b)
+    assert np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
+
+
+# ----------------------------------------------------------------------------- bad input (exit 2)
+def test_dqn_needs_gymnasium_env(tmp_path: Path) -> None:
+    cfg = write_toml(tmp_path / "bad.toml", f'[run]\nout_dir = "{tmp_path / "o"}"\n[algo]\nname = "dqn"\n')
+    p = hpcql(["run", str(cfg)], ranks=2, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert "[env] kind" in p.stderr and "gymnasium" in p.stderr
+
+
+def test_dqn_rejects_continuous_actions(tmp_path: Path) -> None:
+    cfg = write_toml(tmp_path / "bad.toml", f'[run]\nout_dir = "{tmp_path / "o"}"\n[env]\nkind = "gymnasium"\n'
+                     'id = "Pendulum-v1"\n[algo]\nname = "dqn"\n')
+    p = hpcql(["run", str(cfg)], ranks=1, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert "[env] id" in p.stderr and "Pendulum-v1" in p.stderr
+
+
+# ----------------------------------------------------------------------------- replicas and determinism
+def test_sync_replicas_identical_and_deterministic(tmp_path: Path) -> None:
+    """Two 2-rank sync runs: the replica check (every 50 updates) passes; result.h5 parameters are bitwise equal."""
+    params = []
+    for name in ("a", "b"):
+        p = hpcql(["run", str(job(tmp_path, 2, steps=4000, name=name))], ranks=2, timeout=240)
+        assert p.returncode == 0, p.stdout + p.stderr
+        with h5py.File(tmp_path / name / "result.h5", "r") as f:
+            assert f.attrs["format"] == "hpcql-result" and f.attrs["ranks"] == 2 and f.attrs["global_batch"] == 64
+            assert f["eval/returns"].shape[1] == 20
+        assert (tmp_path / name / "learning_curve.csv").read_text().startswith("env_steps,wall_seconds")
+        params.append(read_params(tmp_path / name / "result.h5"))
+    assert params[0] == params[1]
+
+
+def test_diverged_replica_is_detected(tmp_path: Path) -> None:
+    cfg = job(tmp_path, 2, steps=4000)
+    p = hpcql(["run", str(cfg), "--set", "algo.diverge_rank=1", "--set", "algo.diverge_at_update=60"],
+              ranks=2, timeout=240)
+    assert p.returncode != 0
+    assert "replicas diverged at update 100: rank(s) [1] differ from rank 0" in p.stderr
+
+
+# ----------------------------------------------------------------------------- learning
+MODES = [("sync", "overlap"), ("async", "overlap"), ("async", "parameter-server")]
+
+
+def _solves(tmp_path: Path, ranks: int, mode: str, scheme: str, template: str, steps: int, target: float) -> None:
+    cfg = job(tmp_path, ranks, mode, scheme, steps=steps, template=template)
+    p = hpcql(["run", str(cfg)], ranks=ranks, timeout=420)
+    assert p.returncode == 0, p.stdout + p.stderr
+    with h5py.File(tmp_path / "run" / "result.h5", "r") as f:
+        best = float(np.max(f["curve/eval_return_mean"][:]))
+        assert f.attrs["solved"], f"best eval mean {best} < {target}\n{p.stdout}"
+        assert float(f["eval/returns"][-1].mean()) >= target
+
+
+@pytest.mark.parametrize("ranks", [1, 2, pytest.param(4, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("mode,scheme", MODES)
+def test_cartpole_solves(tmp_path: Path, ranks: int, mode: str, scheme: str) -> None:
+    _solves(tmp_path, ranks, mode, scheme, CARTPOLE, 80_000, 475.0)
+
+
+@pytest.mark.parametrize("ranks", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(4, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("mode,scheme", MODES)
+def test_acrobot_solves(tmp_path: Path, ranks: int, mode: str, scheme: str) -> None:
+    _solves(tmp_path, ranks, mode, scheme, ACROBOT, 80_000, -100.0)
