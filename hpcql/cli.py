@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from hpcql import __version__
-from hpcql.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, BadInput, RankFailure
+from hpcql.checkpoint import Checkpointed
+from hpcql.errors import EXIT_BAD_INPUT, EXIT_CHECKPOINTED, EXIT_INTERNAL, EXIT_OK, BadInput, RankFailure
 
 # algo.name -> "module:function" running the whole job (collective); imported lazily (torch is slow to import)
 ENGINES: dict[str, str] = {
@@ -64,8 +65,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hpcql.config import load_config
     from hpcql.console import Console
 
+    from hpcql import signals
+
     comm = MPI.COMM_WORLD
-    overrides = list(args.set or []) + (["run.overwrite=true"] if args.overwrite else [])
+    signals.install()
+    overrides = (list(args.set or []) + (["run.overwrite=true"] if args.overwrite else [])
+                 + (["checkpoint.fresh=true"] if args.fresh else []))
     try:
         cfg = load_config(args.config, overrides)
         console = Console(comm, cfg.run.progress, cfg.run.status_every_seconds)
@@ -80,6 +85,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 sys.stderr.write(f"hpcql: error: {exc}\n")
             return EXIT_BAD_INPUT
         abort_job(comm, f"error: {exc}", EXIT_BAD_INPUT)
+    except Checkpointed as exc:
+        if comm.rank == 0:
+            sys.stderr.write(f"hpcql: {exc}; exit {EXIT_CHECKPOINTED} = checkpointed, please requeue\n")
+        return EXIT_CHECKPOINTED
     except RankFailure as exc:
         if comm.rank == 0:
             sys.stderr.write(f"hpcql: {exc}\n")
@@ -125,6 +134,7 @@ def build_parser() -> ArgParser:
     run.add_argument("config", nargs="?", help="job config (TOML); omitted: the built-in default job")
     run.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     run.add_argument("--overwrite", action="store_true", help="replace an existing result in out_dir")
+    run.add_argument("--fresh", action="store_true", help="ignore and delete checkpoints in out_dir")
     run.set_defaults(func=cmd_run)
 
     insp = sub.add_parser("inspect", help="summarise an MDP, result or checkpoint file")

@@ -42,10 +42,15 @@ def write_sharded(
     replicated: Mapping[str, np.ndarray] | None = None,
     checksum: bool = False,
     tmp_suffix: str = ".tmp",
+    per_rank: Mapping[str, np.ndarray] | None = None,
+    final_attrs: Mapping[str, Any] | None = None,
 ) -> None:
     """Write ``arrays`` (this rank's rows of each global array) to ``path`` atomically.
 
     ``replicated`` datasets are identical on all ranks and written by rank 0.
+    ``per_rank`` datasets belong to one rank each and land at
+    ``per_rank/<rank>/<name>``. ``final_attrs`` are set after all data is written
+    (e.g. a ``complete`` marker).
     ``checksum`` adds the Fletcher32 filter (chunked datasets) for integrity checks.
     Collective over ``comm``.
     """
@@ -56,6 +61,8 @@ def write_sharded(
     global_rows = int(offsets[-1])
     shapes = {k: (global_rows,) + tuple(a.shape[1:]) for k, a in arrays.items()}
     opts: dict[str, Any] = {"fletcher32": True, "chunks": True} if checksum else {}
+    own = {k: np.ascontiguousarray(v) for k, v in (per_rank or {}).items()}
+    layouts = comm.allgather({k: (v.shape, v.dtype.str) for k, v in own.items()})
 
     def create(f: h5py.File) -> None:
         _set_attrs(f, attrs)
@@ -64,25 +71,39 @@ def write_sharded(
             chunk_opts = dict(opts) if int(np.prod(shapes[k])) > 0 else {}
             f.create_dataset(k, shape=shapes[k], dtype=a.dtype, **chunk_opts)
         for k, a in (replicated or {}).items():
-            chunk_opts = dict(opts) if np.asarray(a).size > 0 else {}
+            chunk_opts = dict(opts) if np.asarray(a).size > 0 and np.asarray(a).ndim > 0 else {}
             f.create_dataset(k, data=np.asarray(a), **chunk_opts)
+        for r, layout in enumerate(layouts):
+            for k, (shape, dtype) in layout.items():
+                chunk_opts = dict(opts) if int(np.prod(shape)) > 0 and len(shape) > 0 else {}
+                f.create_dataset(f"per_rank/{r}/{k}", shape=shape, dtype=np.dtype(dtype), **chunk_opts)
+
+    def fill(f: h5py.File) -> None:
+        for k, a in arrays.items():
+            if row_stop > row_start:
+                f[k][row_start:row_stop] = a
+        for k, a in own.items():
+            if a.size:
+                f[f"per_rank/{rank}/{k}"][...] = a
 
     if PARALLEL_HDF5 and comm.size > 1:
         with h5py.File(tmp, "w", driver="mpio", comm=comm) as f:
             create(f)
-            for k, a in arrays.items():
-                with f[k].collective:
-                    f[k][row_start:row_stop] = a
+            fill(f)
+            _set_attrs(f, final_attrs or {})
     else:
         if rank == 0:
             with h5py.File(tmp, "w") as f:
                 create(f)
         for turn in range(comm.size):
             comm.Barrier()
-            if turn == rank and row_stop > row_start:
+            if turn == rank:
                 with h5py.File(tmp, "r+") as f:
-                    for k, a in arrays.items():
-                        f[k][row_start:row_stop] = a
+                    fill(f)
+        comm.Barrier()
+        if rank == 0 and final_attrs:
+            with h5py.File(tmp, "r+") as f:
+                _set_attrs(f, final_attrs)
     comm.Barrier()
     if rank == 0:
         _fsync_path(tmp)

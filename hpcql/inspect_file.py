@@ -61,4 +61,10 @@ def inspect_file(path: str) -> str:
         if "config_json" in f.attrs:
             lines.append("config: " + f.attrs["config_json"])
         lines += ["datasets:"] + _datasets(f)
+    if fmt == "hpcql-checkpoint":
+        from hpcql.checkpoint import verify
+
+        reason = verify(Path(path))
+        lines.append("integrity: OK (complete, all Fletcher32 checksums verified)" if reason is None
+                     else f"integrity: FAILED: {reason}")
     return "\n".join(lines)

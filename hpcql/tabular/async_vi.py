@@ -17,6 +17,7 @@ from mpi4py import MPI
 
 from hpcql.console import ProgressTracker
 from hpcql.faults import FaultInjector
+from hpcql.tabular.control import RunControl
 from hpcql.tabular.kernels import bellman_sweep
 from hpcql.tabular.problem import ShardedProblem
 from hpcql.tabular.solution import Solution
@@ -72,6 +73,17 @@ class AsyncHalo:
             self.detector.sent += 1
             self.pending.discard(dst)
 
+    def drain(self, v_ext: np.ndarray) -> None:
+        """Stop early (signal): keep receiving until every rank's sends are complete."""
+        barrier: MPI.Request | None = None
+        while True:
+            self.receive(v_ext)
+            if barrier is None and all(r.Test() for r in self.send_reqs.values()):
+                barrier = self.comm.Ibarrier()
+            if barrier is not None and barrier.Test():
+                return
+            time.sleep(IDLE_SLEEP)
+
     def close(self) -> None:
         """Complete sends and cancel the posted receives (nothing is in flight at termination)."""
         MPI.Request.Waitall(list(self.send_reqs.values()))
@@ -99,13 +111,18 @@ def value_iteration_async(
     timer: PhaseTimer,
     tracker: ProgressTracker,
     faults: FaultInjector,
-    v0: np.ndarray | None = None,
+    control: RunControl,
 ) -> Solution:
-    """Asynchronous Gauss-Seidel VI with distributed termination detection."""
+    """Asynchronous Gauss-Seidel VI with distributed termination detection.
+
+    Checkpoints hold V only (any V is a valid start: the iteration converges
+    to the same fixed point); checkpoint and stop requests ride on the waves.
+    """
     comm, sh = problem.comm, problem.shard
     n = problem.n_local
     threshold = problem.stop_threshold(tol)
     v_ext = problem.new_ext()
+    v0 = control.initial_values(sh.row_start, sh.row_stop)
     if v0 is not None:
         v_ext[:n] = v0
     policy = np.zeros(n, dtype=np.int64)
@@ -134,8 +151,14 @@ def value_iteration_async(
         with timer.phase("exchange"):
             traffic.flush(v_ext)
         with timer.phase("reduce"):
-            if detector.poll(busy_now=active or bool(traffic.pending)):
+            due, stop = control.flags(control.start_step + detector.waves + 1)
+            if detector.poll(busy_now=active or bool(traffic.pending), due=bool(due), stop=bool(stop)):
                 break
+        if detector.stop_requested:
+            traffic.drain(v_ext)
+            traffic.close()
+        if detector.checkpoint_due or detector.stop_requested:
+            control.after(control.start_step + detector.waves, True, detector.stop_requested, v_ext[:n], {})
         if not active and not news:
             t0 = time.perf_counter()
             time.sleep(IDLE_SLEEP)

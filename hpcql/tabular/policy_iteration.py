@@ -16,6 +16,7 @@ from mpi4py import MPI
 from hpcql.config import PolicyIterationAlgo
 from hpcql.console import ProgressTracker
 from hpcql.faults import FaultInjector
+from hpcql.tabular.control import RunControl
 from hpcql.tabular.kernels import bellman_sweep, policy_matvec, policy_sweep
 from hpcql.tabular.krylov import KrylovResult, bicgstab, gmres
 from hpcql.tabular.problem import ShardedProblem
@@ -69,21 +70,25 @@ def policy_iteration(
     timer: PhaseTimer,
     tracker: ProgressTracker,
     faults: FaultInjector,
-    v0: np.ndarray | None = None,
+    control: RunControl,
 ) -> Solution:
-    """Optimistic or inexact policy iteration until the VI stopping rule holds."""
+    """Optimistic or inexact policy iteration until the VI stopping rule holds.
+
+    Checkpoints (and resumes) at outer-iteration boundaries, holding V only.
+    """
     comm, sh = problem.comm, problem.shard
     n = problem.n_local
     threshold = problem.stop_threshold(algo.tol)
     v_ext = problem.new_ext()
+    v0 = control.initial_values(sh.row_start, sh.row_stop)
     if v0 is not None:
         v_ext[:n] = v0
     v_new = np.empty(n)
     policy = np.zeros(n, dtype=np.int64)
-    local, glob = np.zeros(1), np.zeros(1)
-    history: list[dict[str, float]] = []
-    inner_total = 0
-    outer = 0
+    local, glob = np.zeros(3), np.zeros(3)  # residual, checkpoint due, stop signal
+    history: list[dict[str, float]] = list(control.start_meta.get("history", []))
+    inner_total = int(control.start_meta.get("inner_total", 0))
+    outer = control.start_step
     residual = np.inf
     while outer < algo.max_iterations:
         faults.tick(outer)
@@ -93,6 +98,7 @@ def policy_iteration(
             local[0] = bellman_sweep(sh.indptr, problem.cols, problem.probs, sh.rewards, v_ext, v_new,
                                      problem.gamma, policy)
             v_ext[:n] = v_new
+        local[1:] = control.flags(outer + 1)
         with timer.phase("reduce"):
             comm.Allreduce(local, glob, op=MPI.MAX)
         residual = float(glob[0])
@@ -121,6 +127,8 @@ def policy_iteration(
         inner_total += inner
         history.append({"residual": residual, "inner": inner})
         tracker.update(outer, residual, inner=inner)
+        control.after(outer, bool(glob[1]), bool(glob[2]), v_ext[:n],
+                      {"history": history, "inner_total": inner_total})
     return Solution(v_ext[:n].copy(), outer, residual, residual < threshold, history,
                     extra={"inner_iterations": inner_total, "variant": algo.variant,
                            "sweeps": outer + (inner_total if algo.variant == "optimistic" else 0)})

@@ -8,17 +8,20 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
+from hpcql.checkpoint import CheckpointStore
 from hpcql.config import Config, PolicyIterationAlgo
 from hpcql.console import Console
 from hpcql.faults import FaultInjector
 from hpcql.results import common_attrs, write_tabular_result
+from hpcql.tabular.control import RunControl
 from hpcql.tabular.problem import ShardedProblem, build_problem
 from hpcql.tabular.solution import Solution, final_q
 from hpcql.tabular.value_iteration import value_iteration_sync
 from hpcql.timing import PhaseTimer
 
 
-def solve(cfg: Config, problem: ShardedProblem, console: Console, timer: PhaseTimer) -> Solution:
+def solve(cfg: Config, problem: ShardedProblem, console: Console, timer: PhaseTimer,
+          control: RunControl) -> Solution:
     """Dispatch to the configured solver."""
     algo = cfg.algo
     faults = FaultInjector(cfg.debug, problem.comm.rank)
@@ -28,12 +31,12 @@ def solve(cfg: Config, problem: ShardedProblem, console: Console, timer: PhaseTi
         if isinstance(algo, PolicyIterationAlgo):
             from hpcql.tabular.policy_iteration import policy_iteration
 
-            return policy_iteration(problem, algo, timer, tracker, faults)
+            return policy_iteration(problem, algo, timer, tracker, faults, control)
         if algo.mode == "async":
             from hpcql.tabular.async_vi import value_iteration_async
 
-            return value_iteration_async(problem, algo.tol, algo.max_iterations, timer, tracker, faults)
-        return value_iteration_sync(problem, algo.tol, algo.max_iterations, timer, tracker, faults)
+            return value_iteration_async(problem, algo.tol, algo.max_iterations, timer, tracker, faults, control)
+        return value_iteration_sync(problem, algo.tol, algo.max_iterations, timer, tracker, faults, control)
     finally:
         tracker.close()
 
@@ -65,14 +68,26 @@ def summarize(console: Console, phases: dict[str, dict[str, float]], sol: Soluti
     console.info(f"result: {path}")
 
 
+def make_control(cfg: Config, comm: MPI.Comm, console: Console, offsets, timer: PhaseTimer) -> RunControl:
+    """Checkpoint store and the checkpoint to resume from (newest valid), if any."""
+    store = CheckpointStore(comm, cfg, engine="tabular")
+    if cfg.checkpoint.fresh:
+        store.clear()
+    resumed = store.latest(console.warn) if cfg.checkpoint.enabled else None
+    if resumed is not None:
+        console.info(f"resuming from {resumed.path} (step {resumed.step}, written by {resumed.ranks} rank(s))")
+    return RunControl(store, cfg.checkpoint, offsets, timer, resumed)
+
+
 def run_tabular(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
     """The whole tabular job (collective). Returns the result path."""
     t0 = time.perf_counter()
     timer = PhaseTimer()
     with timer.phase("io"):
         problem = build_problem(cfg, comm)
+        control = make_control(cfg, comm, console, problem.offsets, timer)
     describe_problem(problem, console)
-    sol = solve(cfg, problem, console, timer)
+    sol = solve(cfg, problem, console, timer, control)
     q, v, policy = final_q(problem, sol.v_local)
     wall = time.perf_counter() - t0
     phases = timer.aggregate(comm)

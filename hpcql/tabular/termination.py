@@ -7,7 +7,9 @@ the threshold, a received message, a send still pending). The run is over when
 two consecutive waves report nobody busy and identical totals with
 sent == received: the receives counted by the earlier wave equal the sends
 counted by the later one, so no message was in flight between them (Mattern's
-four-counter argument), and no rank had anything left to do.
+four-counter argument), and no rank had anything left to do. Two more summed
+fields carry run-control requests (checkpoint due, stop signal) so that every
+rank acts on them at the same wave.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ class TerminationDetector:
         self.sent = 0
         self.received = 0
         self.busy_since_wave = True
-        self._contrib = np.zeros(3, dtype=np.int64)
-        self._total = np.zeros(3, dtype=np.int64)
+        self._contrib = np.zeros(5, dtype=np.int64)
+        self._total = np.zeros(5, dtype=np.int64)
+        self.checkpoint_due = False
+        self.stop_requested = False
         self._req: MPI.Request | None = None
         self._previous: np.ndarray | None = None
         self.waves = 0
@@ -34,10 +38,15 @@ class TerminationDetector:
         """Record that this rank did work that may change the outcome."""
         self.busy_since_wave = True
 
-    def poll(self, busy_now: bool) -> bool:
-        """Advance the detector; True once every rank may stop."""
+    def poll(self, busy_now: bool, due: bool = False, stop: bool = False) -> bool:
+        """Advance the detector; True once every rank may stop.
+
+        After a wave completes, ``checkpoint_due`` / ``stop_requested`` say
+        whether any rank asked for a checkpoint / got a stop signal.
+        """
+        self.checkpoint_due = self.stop_requested = False
         if self._req is None:
-            self._contrib[:] = (self.sent, self.received, int(busy_now or self.busy_since_wave))
+            self._contrib[:] = (self.sent, self.received, int(busy_now or self.busy_since_wave), int(due), int(stop))
             self.busy_since_wave = False
             self._req = self.comm.Iallreduce(self._contrib, self._total, op=MPI.SUM)
             return False
@@ -45,7 +54,8 @@ class TerminationDetector:
             return False
         self._req = None
         self.waves += 1
-        total = self._total.copy()
+        total = self._total[:3].copy()
+        self.checkpoint_due, self.stop_requested = bool(self._total[3]), bool(self._total[4])
         quiet = total[2] == 0 and total[0] == total[1]
         done = quiet and self._previous is not None and np.array_equal(total, self._previous)
         self._previous = total if quiet else None

@@ -1,0 +1,183 @@
+"""Checkpoints: one HDF5 file per save, atomic, checksummed, the last ``keep`` kept.
+
+A checkpoint ``<out_dir>/checkpoints/ckpt-<step>.h5`` holds
+
+- row-sharded global arrays (e.g. ``V``) as one dataset each, with
+  ``shard_offsets`` recording the partition that wrote them, so a run under
+  another rank count re-reads exactly its own rows;
+- ``per_rank/<rank>/<name>`` datasets for state that belongs to one rank
+  (RNG states, replay shards, agent queues);
+- ``replicated/<name>`` datasets identical on all ranks;
+- attributes: format, version, step, ranks, engine, hpcql version, the config
+  (JSON), free-form ``meta_json``, and ``complete = 1`` written last.
+
+Every dataset carries the Fletcher32 filter, so flipped bytes fail the read;
+``verify`` reads everything back. Writing goes through ``h5io.write_sharded``
+(temporary name, fsync, rename), so a crash or a second signal mid-write never
+damages an earlier checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+from mpi4py import MPI
+
+from hpcql import __version__
+from hpcql.comm import collective
+from hpcql.config import Config
+from hpcql.errors import BadInput
+from hpcql.h5io import write_sharded
+
+FORMAT = "hpcql-checkpoint"
+NAME = re.compile(r"^ckpt-(\d{12})\.h5$")
+# config sections that define the problem: a checkpoint of another problem cannot be resumed
+PROBLEM_KEYS = ("env", "algo.name", "algo.gamma", "algo.variant", "run.seed")
+
+
+class Checkpointed(Exception):
+    """Raised on every rank after a signal-triggered checkpoint: exit 3, requeue."""
+
+
+def _problem_signature(config: Mapping[str, Any]) -> dict[str, Any]:
+    sig = {}
+    for key in PROBLEM_KEYS:
+        node: Any = config
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        sig[key] = node
+    return sig
+
+
+def verify(path: Path) -> str | None:
+    """None when ``path`` is a complete, uncorrupted checkpoint, else the reason."""
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT:
+                return f"format attribute is {f.attrs.get('format')!r}"
+            if int(f.attrs.get("complete", 0)) != 1:
+                return "incomplete (no 'complete' attribute)"
+
+            def read(name: str, obj: object) -> None:
+                if isinstance(obj, h5py.Dataset) and obj.size:
+                    obj[()]  # Fletcher32 is checked on every chunk read
+
+            f.visititems(read)
+            return None
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        return f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+
+
+@dataclass
+class Checkpoint:
+    """A verified checkpoint file (read side)."""
+
+    path: Path
+    step: int
+    ranks: int
+    meta: dict[str, Any]
+    config: dict[str, Any]
+
+    def rows(self, name: str, row_start: int, row_stop: int) -> np.ndarray:
+        """Rows of a sharded dataset (each rank reads only its own)."""
+        with h5py.File(self.path, "r") as f:
+            return np.asarray(f[name][row_start:row_stop])
+
+    def per_rank(self, name: str, rank: int) -> np.ndarray:
+        with h5py.File(self.path, "r") as f:
+            return np.asarray(f[f"per_rank/{rank}/{name}"][()])
+
+    def has_per_rank(self, name: str, rank: int) -> bool:
+        with h5py.File(self.path, "r") as f:
+            return f"per_rank/{rank}/{name}" in f
+
+    def replicated(self, name: str) -> np.ndarray:
+        with h5py.File(self.path, "r") as f:
+            return np.asarray(f[f"replicated/{name}"][()])
+
+
+class CheckpointStore:
+    """The checkpoints of one run directory (collective methods take ``comm``)."""
+
+    def __init__(self, comm: MPI.Comm, cfg: Config, engine: str) -> None:
+        self.comm = comm
+        self.cfg = cfg
+        self.engine = engine
+        self.directory = Path(cfg.run.out_dir) / "checkpoints"
+        self.config = cfg.model_dump(mode="json")
+        self.saved: list[Path] = []
+
+    def paths(self) -> list[Path]:
+        """Checkpoint files present, newest (highest step) first."""
+        if not self.directory.is_dir():
+            return []
+        found = [p for p in self.directory.iterdir() if NAME.match(p.name)]
+        return sorted(found, key=lambda p: p.name, reverse=True)
+
+    def clear(self) -> None:
+        """Remove every checkpoint (``--fresh``), collective."""
+        if self.comm.rank == 0:
+            for p in self.paths():
+                p.unlink()
+        self.comm.Barrier()
+
+    def save(self, step: int, offsets: np.ndarray, sharded: Mapping[str, np.ndarray],
+             per_rank: Mapping[str, np.ndarray] | None = None,
+             replicated: Mapping[str, np.ndarray] | None = None,
+             meta: Mapping[str, Any] | None = None) -> Path:
+        """Write a checkpoint for ``step`` and prune old ones (collective)."""
+        if self.comm.rank == 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        self.comm.Barrier()
+        path = self.directory / f"ckpt-{step:012d}.h5"
+        attrs = {
+            "format": FORMAT, "version": 1, "step": int(step), "ranks": self.comm.size, "engine": self.engine,
+            "hpcql_version": __version__, "config_json": json.dumps(self.config),
+            "meta_json": json.dumps(dict(meta or {})),
+        }
+        write_sharded(path, self.comm, offsets, sharded, attrs,
+                      replicated={f"replicated/{k}": v for k, v in (replicated or {}).items()},
+                      per_rank=per_rank, checksum=True, final_attrs={"complete": 1})
+        if self.comm.rank == 0:
+            for old in self.paths()[self.cfg.checkpoint.keep:]:
+                old.unlink(missing_ok=True)
+        return path
+
+    def latest(self, warn) -> Checkpoint | None:
+        """The newest valid checkpoint (corrupt ones reported through ``warn`` and skipped), collective."""
+
+        def scan() -> Checkpoint | None:
+            for p in self.paths():
+                reason = verify(p)
+                if reason is None:
+                    with h5py.File(p, "r") as f:
+                        return Checkpoint(p, int(f.attrs["step"]), int(f.attrs["ranks"]),
+                                          json.loads(f.attrs["meta_json"]), json.loads(f.attrs["config_json"]))
+                warn(f"skipping checkpoint {p}: {reason}")
+            return None
+
+        found = self.comm.bcast(scan() if self.comm.rank == 0 else None)
+        if found is not None:
+            theirs, ours = _problem_signature(found.config), _problem_signature(self.config)
+            if theirs != ours:
+                diff = [k for k in PROBLEM_KEYS if theirs[k] != ours[k]]
+                raise BadInput(f"{found.path}: checkpoint was written for a different problem ({', '.join(diff)} "
+                               "differ); run with --fresh to start over", agreed=True)
+        return found
+
+
+def agree_flags(comm: MPI.Comm, *flags: bool) -> tuple[bool, ...]:
+    """Logical OR of each flag over all ranks (one small allreduce)."""
+    local = np.array(flags, dtype=np.int8)
+    out = np.empty_like(local)
+    comm.Allreduce(local, out, op=MPI.MAX)
+    return tuple(bool(x) for x in out)
+
+
+__all__ = ["Checkpoint", "CheckpointStore", "Checkpointed", "agree_flags", "verify", "collective"]
