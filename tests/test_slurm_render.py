@@ -79,6 +79,7 @@ def test_several_configs_make_an_array(cfg: Path, tmp_path: Path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--time", "soon"], "--time"),
+    (["--time", "4"], "--signal-seconds"),
     (["--sweep", "algo.gama=0.9,0.99"], "gama"),
     (["--sweep", "gamma"], "--sweep"),
     (["--set", "algo.gamma=2.0"], "gamma"),
@@ -101,6 +102,18 @@ def test_missing_config_exit_2(tmp_path: Path):
 def test_example_job_configs_validate_and_render(path: Path, tmp_path: Path):
     load_config(str(path))
     render(build_spec([str(path)], [], [], {}, workdir=tmp_path))
+
+
+def test_time_limits():
+    from hpcql.slurm.render import time_limit_seconds
+
+    assert [time_limit_seconds(t) for t in ("5", "5:30", "01:00:00", "2-0", "1-01:02", "1-00:00:01")] == \
+        [300, 330, 3600, 172800, 90120, 86401]
+
+
+def test_signal_must_come_before_the_time_limit(cfg: Path, tmp_path: Path):
+    r = submit([str(cfg), "--dry-run", "--time", "5"], tmp_path)  # default signal_seconds = 300
+    assert r.returncode == 2 and "--signal-seconds" in r.stderr
 
 
 def test_helpers():

@@ -96,9 +96,28 @@ def effective_slurm(base: SlurmSection, options: dict) -> SlurmSection:
     except Exception as exc:  # pydantic ValidationError: one line naming the option
         first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": ("?",), "msg": str(exc)}
         raise BadInput(f"slurm option {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    if not _TIME.match(slurm.time):
-        raise BadInput(f"--time {slurm.time!r}: expected minutes, [D-]HH:MM:SS, MM:SS or D-HH")
+    limit = time_limit_seconds(slurm.time)
+    if slurm.signal_seconds and slurm.signal_seconds >= limit:
+        raise BadInput(f"--signal-seconds {slurm.signal_seconds}: must be shorter than the time limit "
+                       f"{slurm.time} ({limit} s), or the job is signalled as soon as it starts")
     return slurm
+
+
+def time_limit_seconds(text: str) -> int:
+    """SLURM's time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
+    if not _TIME.match(text):
+        raise BadInput(f"--time {text!r}: expected minutes, [D-]HH:MM:SS, MM:SS or D-HH")
+    days, _, rest = text.rpartition("-")
+    parts = [int(x) for x in rest.split(":")]
+    if days:
+        h, m, s = (parts + [0, 0])[:3]
+    elif len(parts) == 1:
+        h, m, s = 0, parts[0], 0
+    elif len(parts) == 2:
+        h, m, s = 0, parts[0], parts[1]
+    else:
+        h, m, s = parts
+    return ((int(days or 0) * 24 + h) * 60 + m) * 60 + s
 
 
 def build_spec(configs: list[str], overrides: list[str], sweeps: list[str], options: dict,
