@@ -1,0 +1,202 @@
+#!/usr/bin/env python
+"""Time-to-solve CartPole-v1: Stable-Baselines3 DQN (rl-baselines3-zoo hyperparameters) vs hpcql DQN.
+
+In one run, for several seeds: SB3 DQN, then hpcql at each rank count in sync, async/overlap
+and async/parameter-server modes, each until the greedy evaluation mean over 20 episodes
+reaches 475 (checked every --eval-every env steps) or --budget env steps are spent. Prints a
+table of median time-to-solve and env-steps-to-solve, the fraction of hpcql's update time
+spent communicating, and writes everything as JSON.
+
+    python scripts/bench_dqn.py --seeds 3 --budget 60000 --ranks 1,2 --json bench_dqn.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+TARGET = 475.0
+EVAL_EPISODES = 20
+EVAL_SEED_BASE = 10_000  # SB3 evaluation episode i uses env seed EVAL_SEED_BASE + i
+
+# rl-baselines3-zoo hyperparams/dqn.yml, CartPole-v1 (n_timesteps 5e4 sets the epsilon schedule)
+ZOO_CARTPOLE = dict(learning_rate=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1000, gamma=0.99,
+                    target_update_interval=10, train_freq=256, gradient_steps=128, exploration_fraction=0.16,
+                    exploration_final_eps=0.04, policy_kwargs=dict(net_arch=[256, 256]))
+ZOO_TIMESTEPS = 50_000
+
+HPCQL_JOB = """
+[run]
+out_dir = "{out}"
+progress = "none"
+plots = false
+seed = {seed}
+[env]
+kind = "gymnasium"
+id = "CartPole-v1"
+num_envs = {envs}
+[algo]
+name = "dqn"
+mode = "{mode}"
+async_scheme = "{scheme}"
+total_steps = {budget}
+batch_size = {batch}
+lr = 1e-3
+learning_starts = 1000
+target_update_every = 100
+n_step = 3
+eps_decay_steps = 10000
+eval_every = {eval_every}
+eval_episodes = {episodes}
+target_return = {target}
+"""
+
+
+def run_sb3(seed: int, budget: int, eval_every: int) -> dict:
+    """SB3 DQN with the zoo hyperparameters; stops at the first evaluation reaching TARGET."""
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import DQN
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    torch.set_num_threads(1)
+    eval_env = gym.make("CartPole-v1")
+
+    def evaluate(model: DQN) -> float:
+        returns = []
+        for i in range(EVAL_EPISODES):
+            obs, _ = eval_env.reset(seed=EVAL_SEED_BASE + i)
+            done, ret = False, 0.0
+            while not done:
+                action, _ = model.predict(obs, deterministic=True)
+                obs, r, term, trunc, _ = eval_env.step(int(action))
+                ret += float(r)
+                done = term or trunc
+            returns.append(ret)
+        return float(np.mean(returns))
+
+    class StopAtTarget(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.solved: tuple[int, float] | None = None
+            self.t0 = time.perf_counter()
+            self.last_eval = 0
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps - self.last_eval < eval_every:
+                return True
+            self.last_eval = self.num_timesteps
+            if evaluate(self.model) >= TARGET:
+                self.solved = (self.num_timesteps, time.perf_counter() - self.t0)
+                return False
+            return True
+
+    model = DQN("MlpPolicy", gym.make("CartPole-v1"), seed=seed, verbose=0, device="cpu", **ZOO_CARTPOLE)
+    # keep the zoo's epsilon schedule (fraction of 5e4 steps) whatever the budget
+    model.exploration_schedule = lambda progress: max(
+        ZOO_CARTPOLE["exploration_final_eps"],
+        1.0 - (1.0 - progress) * budget / (ZOO_CARTPOLE["exploration_fraction"] * ZOO_TIMESTEPS)
+        * (1.0 - ZOO_CARTPOLE["exploration_final_eps"]))
+    cb = StopAtTarget()
+    t0 = time.perf_counter()
+    model.learn(total_timesteps=budget, callback=cb)
+    wall = time.perf_counter() - t0
+    return {"solved": cb.solved is not None, "steps": cb.solved[0] if cb.solved else None,
+            "seconds": cb.solved[1] if cb.solved else None, "wall": wall, "comm_fraction": 0.0}
+
+
+def run_hpcql(seed: int, budget: int, eval_every: int, ranks: int, mode: str, scheme: str, timeout: float) -> dict:
+    """hpcql under mpiexec; global data rate (4 envs) and global batch (64) fixed across rank counts."""
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    with tempfile.TemporaryDirectory(prefix="bench_dqn_") as tmp:
+        out = Path(tmp) / "out"
+        cfg = Path(tmp) / "job.toml"
+        cfg.write_text(HPCQL_JOB.format(out=out, seed=seed, envs=max(1, 4 // ranks), mode=mode, scheme=scheme,
+                                        budget=budget, batch=max(16, 64 // ranks), eval_every=eval_every,
+                                        episodes=EVAL_EPISODES, target=TARGET))
+        cmd = [str(mpiexec if mpiexec.exists() else "mpiexec"), "-n", str(ranks), sys.executable, "-m", "hpcql",
+               "run", str(cfg)]
+        t0 = time.perf_counter()
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                               env=dict(os.environ, OMP_NUM_THREADS="1"))
+        except subprocess.TimeoutExpired:
+            return {"solved": False, "steps": None, "seconds": None, "wall": timeout, "error": "timeout"}
+        wall = time.perf_counter() - t0
+        if p.returncode != 0:
+            return {"solved": False, "steps": None, "seconds": None, "wall": wall, "error": p.stderr[-2000:]}
+        with h5py.File(out / "result.h5", "r") as f:
+            a = f.attrs
+            solved = bool(a["solved"])
+            return {"solved": solved, "steps": int(a["steps_to_solve"]) if solved else None,
+                    "seconds": float(a["seconds_to_solve"]) if solved else None, "wall": wall,
+                    "comm_fraction": float(a["comm_fraction"]), "staleness_mean": float(a["staleness_mean"]),
+                    "staleness_max": int(a["staleness_max"])}
+
+
+def median(values: list) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 (default 2)")
+    ap.add_argument("--budget", type=int, default=60_000, help="env-step budget per run (default 60000)")
+    ap.add_argument("--ranks", default="1,2", help="hpcql rank counts (default 1,2)")
+    ap.add_argument("--eval-every", type=int, default=5000, help="env steps between evaluations (default 5000)")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per hpcql run (default 900)")
+    ap.add_argument("--skip-sb3", action="store_true", help="hpcql only")
+    ap.add_argument("--json", default="bench_dqn.json", help="output JSON (default bench_dqn.json)")
+    args = ap.parse_args()
+
+    variants: list[tuple[str, dict]] = [] if args.skip_sb3 else [("sb3-dqn (zoo)", {"kind": "sb3"})]
+    for r in [int(x) for x in args.ranks.split(",")]:
+        variants += [(f"hpcql sync x{r}", {"kind": "hpcql", "ranks": r, "mode": "sync", "scheme": "overlap"}),
+                     (f"hpcql overlap x{r}", {"kind": "hpcql", "ranks": r, "mode": "async", "scheme": "overlap"}),
+                     (f"hpcql param-server x{r}", {"kind": "hpcql", "ranks": r, "mode": "async",
+                                                   "scheme": "parameter-server"})]
+    results: dict[str, list[dict]] = {name: [] for name, _ in variants}
+    for seed in range(args.seeds):
+        for name, v in variants:
+            if v["kind"] == "sb3":
+                res = run_sb3(seed, args.budget, args.eval_every)
+            else:
+                res = run_hpcql(seed, args.budget, args.eval_every, v["ranks"], v["mode"], v["scheme"], args.timeout)
+            res["seed"] = seed
+            results[name].append(res)
+            print(f"seed {seed} {name}: solved={res['solved']} steps={res['steps']} "
+                  f"seconds={res['seconds'] and round(res['seconds'], 1)} wall={res['wall']:.1f}", flush=True)
+
+    header = ["variant", "solved", "median s to solve", "median env steps", "comm fraction"]
+    rows = []
+    for name, runs in results.items():
+        s = median([r["seconds"] for r in runs])
+        n = median([r["steps"] for r in runs])
+        c = median([r.get("comm_fraction") for r in runs])
+        rows.append([name, f"{sum(r['solved'] for r in runs)}/{len(runs)}", f"{s:.1f}" if s is not None else "-",
+                     f"{n:,.0f}" if n is not None else "-", f"{100 * c:.1f}%" if c is not None else "-"])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    print(f"\nCartPole-v1 to greedy mean >= {TARGET:g} over {EVAL_EPISODES} episodes "
+          f"(seeds {args.seeds}, budget {args.budget:,}, {os.cpu_count()} CPUs; medians over solved runs)")
+    for row in [header] + rows:
+        print("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
+    Path(args.json).write_text(json.dumps({"target": TARGET, "eval_episodes": EVAL_EPISODES, "seeds": args.seeds,
+                                           "budget": args.budget, "zoo_hyperparameters": ZOO_CARTPOLE,
+                                           "results": results}, indent=2, default=str))
+    print(f"json: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
