@@ -136,6 +136,8 @@ def run_study(args: argparse.Namespace) -> Path:
     from hpcql.scaling.table import summarize, write_outputs
 
     ranks = parse_ranks(args.ranks)
+    if args.repeat < 1:
+        raise BadInput(f"--repeat {args.repeat}: must be >= 1")
     base_sets = list(args.set or [])
     cfg = load_config(args.config, base_sets)
     out = Path(args.out) if args.out else Path(cfg.run.out_dir) / f"scaling-{args.mode}"
