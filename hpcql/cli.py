@@ -65,10 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hpcql.config import load_config
     from hpcql.console import Console
 
-    from hpcql import signals
-
     comm = MPI.COMM_WORLD
-    signals.install()
     overrides = (list(args.set or []) + (["run.overwrite=true"] if args.overwrite else [])
                  + (["checkpoint.fresh=true"] if args.fresh else []))
     try:
@@ -155,6 +152,9 @@ def build_parser() -> ArgParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hpcql import signals
+
+    signals.install()  # first thing: a SLURM USR1 during start-up must not kill the rank
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 
