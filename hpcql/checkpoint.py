@@ -32,17 +32,13 @@ from mpi4py import MPI
 from hpcql import __version__
 from hpcql.comm import collective
 from hpcql.config import Config
-from hpcql.errors import BadInput
+from hpcql.errors import BadInput, Checkpointed
 from hpcql.h5io import write_sharded
 
 FORMAT = "hpcql-checkpoint"
 NAME = re.compile(r"^ckpt-(\d{12})\.h5$")
 # config sections that define the problem: a checkpoint of another problem cannot be resumed
 PROBLEM_KEYS = ("env", "algo.name", "algo.gamma", "algo.variant", "run.seed")
-
-
-class Checkpointed(Exception):
-    """Raised on every rank after a signal-triggered checkpoint: exit 3, requeue."""
 
 
 def _problem_signature(config: Mapping[str, Any]) -> dict[str, Any]:

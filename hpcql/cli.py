@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from hpcql import __version__
-from hpcql.checkpoint import Checkpointed
-from hpcql.errors import EXIT_BAD_INPUT, EXIT_CHECKPOINTED, EXIT_INTERNAL, EXIT_OK, BadInput, RankFailure
+from hpcql.errors import EXIT_BAD_INPUT, EXIT_CHECKPOINTED, EXIT_INTERNAL, EXIT_OK, BadInput, Checkpointed, RankFailure
 
 # algo.name -> "module:function" running the whole job (collective); imported lazily (torch is slow to import)
 ENGINES: dict[str, str] = {
@@ -59,6 +58,9 @@ def prepare_out_dir(cfg, comm) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``hpcql run``: the batch entry point, on every rank."""
+    from hpcql import signals
+
+    signals.install()  # before the heavy imports: a SLURM USR1 during start-up must not kill the rank
     from mpi4py import MPI
 
     from hpcql.comm import abort_job
@@ -152,9 +154,6 @@ def build_parser() -> ArgParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hpcql import signals
-
-    signals.install()  # first thing: a SLURM USR1 during start-up must not kill the rank
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -21,3 +21,7 @@ class BadInput(Exception):
 
 class RankFailure(Exception):
     """Another rank failed; raised on the ranks that did not fail themselves."""
+
+
+class Checkpointed(Exception):
+    """Raised on every rank after a signal-triggered checkpoint: exit 3, requeue."""
