@@ -1,0 +1,113 @@
+"""Benchmark sharded Q-learning: updates/s per rank at 1 and 2 ranks vs a numpy baseline.
+
+The baseline is a single-process vectorised numpy Q-learning (all agents step
+together, one fancy-indexed update per step) on the same gridworld, run in the
+same invocation. Strong scaling uses the same grid at 1 and 2 ranks; weak
+scaling doubles the grid (rows) and the budget with the ranks.
+
+    python scripts/bench_qlearning.py [--rows 100] [--cols 100] [--budget 20000000] [--out bench_qlearning.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
+
+
+def numpy_baseline(rows: int, cols: int, agents: int, steps: int, gamma: float = 0.99, seed: int = 0) -> float:
+    """Vectorised numpy Q-learning (epsilon-greedy, 1/n^0.8 steps) on the same gridworld: updates/s."""
+    from hpcql.config import GridworldEnv
+    from hpcql.mdp.gridworld import gridworld_shard
+
+    sh = gridworld_shard(GridworldEnv(kind="gridworld", rows=rows, cols=cols, slip=0.1), seed, 0, rows * cols)
+    S, A = sh.num_states, sh.num_actions
+    k = int(sh.indptr[1] - sh.indptr[0])  # constant successors per row in the gridworld
+    nxt = sh.indices.reshape(S * A, k)
+    cdf = np.cumsum(sh.probs.reshape(S * A, k), axis=1)
+    absorbing = (nxt == np.repeat(np.arange(S), A)[:, None]).all(axis=1).reshape(S, A).all(axis=1)
+    rng = np.random.default_rng(seed)
+    q = np.zeros((S, A))
+    n = np.zeros((S, A))
+    s = rng.integers(0, S, agents)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        restart = absorbing[s]
+        s = np.where(restart, rng.integers(0, S, agents), s)
+        greedy = q[s].argmax(axis=1)
+        a = np.where(rng.random(agents) < 0.1, rng.integers(0, A, agents), greedy)
+        row = s * A + a
+        j = (rng.random(agents)[:, None] >= cdf[row]).sum(axis=1).clip(0, k - 1)
+        s2 = nxt[row, j]
+        n[s, a] += 1
+        target = sh.rewards[s, a] + gamma * q[s2].max(axis=1)
+        q[s, a] += n[s, a] ** -0.8 * (target - q[s, a])
+        s = s2
+    return agents * steps / (time.perf_counter() - t0)
+
+
+def hpcql_run(ranks: int, rows: int, cols: int, budget: int, mode: str, tmp: Path) -> dict:
+    out = tmp / f"r{ranks}-{rows}x{cols}-{mode}"
+    cfg = tmp / f"{out.name}.toml"
+    cfg.write_text(f'[run]\nout_dir = "{out}"\nprogress = "none"\nplots = false\n'
+                   f'[env]\nkind = "gridworld"\nrows = {rows}\ncols = {cols}\nslip = 0.1\n'
+                   f'[algo]\nname = "q-learning"\nmode = "{mode}"\nbudget_updates = {budget}\neval_points = 0\n'
+                   f'exchange_every = 64\n')
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, "-m", "hpcql", "run", str(cfg)], check=True,
+                   env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    with h5py.File(out / "result.h5", "r") as f:
+        a = f.attrs
+        return {"ranks": ranks, "rows": rows, "cols": cols, "mode": mode, "updates": int(a["updates"]),
+                "learn_seconds": float(a["learn_seconds"]), "updates_per_s": float(a["updates_per_second"]),
+                "updates_per_s_per_rank": float(a["updates_per_second"]) / ranks,
+                "migrated": int(a["migrated"]), "gap_start": float(a["gap_start"])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=100)
+    ap.add_argument("--cols", type=int, default=100)
+    ap.add_argument("--budget", type=int, default=20_000_000, help="updates per rank")
+    ap.add_argument("--agents", type=int, default=1024)
+    ap.add_argument("--baseline-steps", type=int, default=2000)
+    ap.add_argument("--out", default="bench_qlearning.json")
+    args = ap.parse_args()
+    results: dict = {"cpu_count": os.cpu_count(), "runs": []}
+    results["numpy_baseline_updates_per_s"] = numpy_baseline(args.rows, args.cols, args.agents, args.baseline_steps)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for mode in ("sync", "async"):
+            results["runs"].append(hpcql_run(1, args.rows, args.cols, args.budget, mode, tmp) | {"kind": "base"})
+            results["runs"].append(hpcql_run(2, args.rows, args.cols, 2 * args.budget, mode, tmp) | {"kind": "strong"})
+            results["runs"].append(hpcql_run(2, 2 * args.rows, args.cols, 2 * args.budget, mode, tmp) | {"kind": "weak"})
+    base = results["numpy_baseline_updates_per_s"]
+    print(f"numpy vectorised baseline (1 process, {args.agents} agents): {base / 1e6:.2f} M updates/s")
+    print(f"{'mode':>6} {'kind':>7} {'ranks':>5} {'grid':>9} {'M upd/s':>9} {'M upd/s/rank':>13} {'x numpy':>8} "
+          f"{'eff':>6} {'migrated':>10}")
+    for mode in ("sync", "async"):
+        one = next(r for r in results["runs"] if r["mode"] == mode and r["kind"] == "base")
+        for r in (x for x in results["runs"] if x["mode"] == mode):
+            r["speedup_vs_numpy_per_rank"] = r["updates_per_s_per_rank"] / base
+            r["efficiency"] = r["updates_per_s_per_rank"] / one["updates_per_s_per_rank"]
+            print(f"{mode:>6} {r['kind']:>7} {r['ranks']:>5} {r['rows']:>4}x{r['cols']:<4} "
+                  f"{r['updates_per_s'] / 1e6:9.2f} {r['updates_per_s_per_rank'] / 1e6:13.2f} "
+                  f"{r['speedup_vs_numpy_per_rank']:8.1f} {r['efficiency']:6.2f} {r['migrated']:>10}")
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
