@@ -18,6 +18,7 @@ from mpi4py import MPI
 from hpcql.faults import FaultInjector
 from hpcql.halo import HaloExchange
 from hpcql.qlearning.agents import RECORD
+from hpcql.qlearning.control import NUM_FLAGS, QLearningControl
 from hpcql.qlearning.evaluate import Evaluator
 from hpcql.qlearning.learner import Learner
 from hpcql.qlearning.monitor import T, Monitor
@@ -100,19 +101,29 @@ class AsyncChannels:
 
 
 def run_async(learner: Learner, monitor: Monitor, evaluator: Evaluator | None, timer: PhaseTimer,
-              faults: FaultInjector) -> np.ndarray:
-    """Learn until the agreed budget is used; returns the final reduced totals."""
+              faults: FaultInjector, control: QLearningControl | None = None,
+              start_totals: np.ndarray | None = None) -> np.ndarray:
+    """Learn until the agreed budget is used; returns the final reduced totals.
+
+    Checkpoint / stop-signal flags ride on the ``Iallreduce`` chain; when a
+    completed reduction says so, every rank drains the agents and ghost values in
+    flight (so each agent is held by exactly one rank), saves, and goes on or stops.
+    """
     problem = learner.problem
     steps = learner.algo.exchange_every
     with timer.phase("exchange"):
         problem.halo.exchange(learner.vmax_ext)
     ch = AsyncChannels(problem.comm, problem.halo)
-    local = monitor.local_totals(learner.counters(), len(learner.agents))
-    totals = np.zeros_like(local)
+    n_tot = len(monitor.local_totals(learner.counters(), len(learner.agents)))
+    local = np.zeros(n_tot + NUM_FLAGS)
+    glob = np.zeros_like(local)
+    totals = glob[:n_tot]
+    if start_totals is not None:
+        totals[:] = start_totals
     reduction: MPI.Request | None = None
-    agreed_updates, updates_then = 0.0, 0
+    agreed_updates, updates_then = float(totals[T["updates"]]), learner.updates
     size = problem.comm.size
-    it = 0
+    it = control.step if control is not None else 0
     try:
         while True:
             faults.tick(it)
@@ -137,9 +148,10 @@ def run_async(learner: Learner, monitor: Monitor, evaluator: Evaluator | None, t
                     time.sleep(2e-4)  # nothing to do here now: do not spin against the other ranks
             with timer.phase("reduce"):
                 if reduction is None:
-                    local[:] = monitor.local_totals(learner.counters(), len(learner.agents))
+                    local[:n_tot] = monitor.local_totals(learner.counters(), len(learner.agents))
+                    local[n_tot:] = control.flags() if control is not None else 0.0
                     updates_then = learner.updates
-                    reduction = ch.comm.Iallreduce(local, totals, op=MPI.SUM)
+                    reduction = ch.comm.Iallreduce(local, glob, op=MPI.SUM)
                 elif reduction.Test():
                     reduction = None
                     agreed_updates = float(totals[T["updates"]])
@@ -149,11 +161,18 @@ def run_async(learner: Learner, monitor: Monitor, evaluator: Evaluator | None, t
                     monitor.record(totals, evaluator.evaluate(learner.q) if due else None)
                     if stop:
                         break
+                    if control is not None:
+                        control.step += 1
+                        if glob[n_tot:].any():
+                            with timer.phase("wait"):
+                                ch.drain(learner)
+                            control.after(glob[n_tot:].copy(), learner, monitor, totals.copy())
         with timer.phase("wait"):
             ch.drain(learner)
         with timer.phase("reduce"):
             problem.comm.Allreduce(monitor.local_totals(learner.counters(), len(learner.agents)), totals,
                                    op=MPI.SUM)
+        totals = totals.copy()
         monitor.check_agents(totals, learner.total_agents)
         if int(totals[T["moved"]]) != int(totals[T["received"]]):
             raise RuntimeError("agents still in flight after the drain")

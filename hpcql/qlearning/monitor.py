@@ -116,6 +116,26 @@ class Monitor:
     def close(self) -> None:
         self.tracker.close()
 
+    # ------------------------------------------------------------------ checkpoint state
+    def state(self, totals: np.ndarray) -> dict[str, float]:
+        """Agreed (identical on every rank) monitor state for a checkpoint's meta."""
+        return {"next_eval": int(self.next_eval), "elapsed": float(totals[T["elapsed"]]) / self.size}
+
+    def rows_array(self) -> np.ndarray | None:
+        """Metric rows as an (n, len(COLUMNS)) array (rank 0), or None."""
+        if not self.rows:
+            return None
+        return np.array([[r[k] for k in COLUMNS] for r in self.rows], dtype=np.float64)
+
+    def load_state(self, state: dict[str, float], totals: np.ndarray, rows: np.ndarray | None) -> None:
+        """Carry on from a checkpoint: evaluation cursor, elapsed time (time budget), metric rows."""
+        self.next_eval = int(state["next_eval"])
+        self.t0 -= float(state["elapsed"])
+        now = time.perf_counter()
+        self.last = (now, totals[T["updates"]], totals[T["moved"]], totals[T["abs_td"]], 0.0)
+        if rows is not None and self.console.enabled:
+            self.rows = [dict(zip(COLUMNS, (float(x) for x in r))) for r in np.atleast_2d(rows)]
+
     def history(self) -> dict[str, np.ndarray]:
         """Metric columns as arrays (rank 0; empty elsewhere)."""
         return {k: np.array([r[k] for r in self.rows], dtype=np.float64) for k in COLUMNS} if self.rows else {}

@@ -13,6 +13,7 @@ from hpcql.config import Config, QLearningAlgo
 from hpcql.console import Console
 from hpcql.errors import BadInput
 from hpcql.faults import FaultInjector
+from hpcql.qlearning.control import QLearningControl
 from hpcql.qlearning.evaluate import Evaluator
 from hpcql.qlearning.learner import Learner
 from hpcql.qlearning.monitor import T, Monitor
@@ -37,8 +38,11 @@ def run_qlearning(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
     timer = PhaseTimer()
     with timer.phase("io"):
         problem = build_problem(cfg, comm)
+        control = QLearningControl(cfg, comm, console, timer)
     describe_problem(problem, console)
     learner = collective(comm, lambda: Learner(problem, algo, cfg.run.seed))
+    with timer.phase("io"):
+        control.restore_learner(learner)
     console.info(f"q-learning ({algo.mode}): {learner.total_agents:,} agents, budget "
                  f"{algo.budget_updates:,} updates" + (f" / {algo.budget_seconds:g} s" if algo.budget_seconds else "")
                  + f", exchange every {algo.exchange_every} steps, starts {algo.starts}")
@@ -47,14 +51,15 @@ def run_qlearning(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
     t_learn = time.perf_counter()
     monitor = Monitor(algo, comm.size, console, t_learn)
     try:
+        start_totals = control.restore_monitor(monitor)
         if algo.mode == "sync":
             from hpcql.qlearning.sync_loop import run_sync
 
-            totals = run_sync(learner, monitor, evaluator, timer, faults)
+            totals = run_sync(learner, monitor, evaluator, timer, faults, control, start_totals)
         else:
             from hpcql.qlearning.async_loop import run_async
 
-            totals = run_async(learner, monitor, evaluator, timer, faults)
+            totals = run_async(learner, monitor, evaluator, timer, faults, control, start_totals)
         learn_seconds = time.perf_counter() - t_learn
         final = evaluator.evaluate(learner.q)
         monitor.record(totals, final, force=True)

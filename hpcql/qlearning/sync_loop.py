@@ -13,6 +13,7 @@ from mpi4py import MPI
 
 from hpcql.faults import FaultInjector
 from hpcql.qlearning.agents import RECORD
+from hpcql.qlearning.control import NUM_FLAGS, QLearningControl
 from hpcql.qlearning.evaluate import Evaluator
 from hpcql.qlearning.learner import Learner
 from hpcql.qlearning.monitor import Monitor
@@ -35,16 +36,25 @@ def exchange_agents(comm: MPI.Comm, records: np.ndarray, counts: np.ndarray) -> 
 
 
 def run_sync(learner: Learner, monitor: Monitor, evaluator: Evaluator | None, timer: PhaseTimer,
-             faults: FaultInjector) -> np.ndarray:
-    """Learn until the budget is used; returns the final reduced totals."""
+             faults: FaultInjector, control: QLearningControl | None = None,
+             start_totals: np.ndarray | None = None) -> np.ndarray:
+    """Learn until the budget is used; returns the final reduced totals.
+
+    ``control`` adds checkpoint / stop-signal flags to the round's reduction and
+    saves (or stops) at the end of a round; ``start_totals`` are the agreed totals
+    of the checkpoint this run resumes from.
+    """
     problem = learner.problem
     comm = problem.comm
     steps = learner.algo.exchange_every
     with timer.phase("exchange"):
         problem.halo.exchange(learner.vmax_ext)
-    totals = np.zeros(len(monitor.local_totals(learner.counters(), 0)))
-    progress = 0.0
-    it = 0
+    n_tot = len(monitor.local_totals(learner.counters(), 0))
+    local = np.zeros(n_tot + NUM_FLAGS)
+    glob = np.zeros_like(local)
+    totals = glob[:n_tot]
+    progress = monitor.progress(start_totals) if start_totals is not None else 0.0
+    it = control.step if control is not None else 0
     while True:
         faults.tick(it)
         it += 1
@@ -55,11 +65,16 @@ def run_sync(learner: Learner, monitor: Monitor, evaluator: Evaluator | None, ti
             learner.refresh_local_max()
             problem.halo.exchange(learner.vmax_ext)
         with timer.phase("reduce"):
-            comm.Allreduce(monitor.local_totals(learner.counters(), len(learner.agents)), totals, op=MPI.SUM)
+            local[:n_tot] = monitor.local_totals(learner.counters(), len(learner.agents))
+            local[n_tot:] = control.flags() if control is not None else 0.0
+            comm.Allreduce(local, glob, op=MPI.SUM)
         monitor.check_agents(totals, learner.total_agents)
         progress = monitor.progress(totals)
         stop = monitor.should_stop(totals)
         evaluation = evaluator.evaluate(learner.q) if evaluator is not None and monitor.eval_due(totals) else None
         monitor.record(totals, evaluation)
         if stop:
-            return totals
+            return totals.copy()
+        if control is not None:
+            control.step = it
+            control.after(glob[n_tot:], learner, monitor, totals)
