@@ -109,7 +109,7 @@ class ValueIterationAlgo(AlgoBase):
 
 class PolicyIterationAlgo(AlgoBase):
     name: Literal["policy-iteration"]
-    variant: Literal["optimistic", "inexact"] = "inexact"
+    variant: Literal["optimistic", "inexact"] = "optimistic"
     eval_sweeps: Annotated[int, Field(ge=1)] = 20
     """Optimistic PI: evaluation sweeps on P^pi between improvements."""
     krylov: Literal["gmres", "bicgstab"] = "gmres"

@@ -1,6 +1,6 @@
 """Asynchronous (Gauss-Seidel, non-blocking) value iteration.
 
-Each rank sweeps its shard in place, sends its boundary values to the ranks
+Each rank sweeps its shard in place (alternating forward and backward), sends its boundary values to the ranks
 that need them whenever they changed (at most one message in flight per
 neighbour), takes whatever has arrived, and never waits for a particular
 neighbour. A rank whose last sweep moved no value by the threshold, with no
@@ -139,7 +139,7 @@ def value_iteration_async(
         if (active or news) and sweeps < max_iterations:
             with timer.phase("compute"):
                 residual = bellman_sweep(sh.indptr, problem.cols, problem.probs, sh.rewards, v_ext, v_ext,
-                                         problem.gamma, policy)
+                                         problem.gamma, policy, sweeps % 2 == 1)
             sweeps += 1
             active = residual >= threshold
             if active or news:

@@ -4,7 +4,9 @@ Every kernel makes one pass over the transition entries: no temporary
 (n_local, A) arrays in the hot loop. ``v_ext`` is the extended vector
 ``[local values | ghost values]`` and ``cols`` the column indices remapped into
 it (see ``halo.ghost_layout``). Passing ``v_out is v_ext`` gives Gauss-Seidel
-(in-place) sweeps, a separate ``v_out`` gives Jacobi sweeps.
+(in-place) sweeps, a separate ``v_out`` gives Jacobi sweeps; ``reverse`` runs
+the states backwards, so alternating directions carries values across a whole
+shard in one Gauss-Seidel sweep whichever way they flow.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def bellman_sweep(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out):
+def bellman_sweep(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, reverse=False):
     """V_out[s] = max_a r(s,a) + gamma * sum_j P(j|s,a) v_ext[j]; returns max |change|.
 
     Also stores the greedy action (lowest index on ties) in ``policy_out``.
     """
     n_local, num_actions = rewards.shape
     residual = 0.0
-    for s in range(n_local):
+    for i in range(n_local):
+        s = n_local - 1 - i if reverse else i
         best = -np.inf
         arg = 0
         base = s * num_actions
@@ -42,11 +45,12 @@ def bellman_sweep(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out)
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def policy_sweep(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy):
+def policy_sweep(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy, reverse=False):
     """One evaluation sweep of a fixed policy: V_out = r^pi + gamma P^pi v_ext; max |change|."""
     n_local, num_actions = rewards.shape
     residual = 0.0
-    for s in range(n_local):
+    for i in range(n_local):
+        s = n_local - 1 - i if reverse else i
         row = s * num_actions + policy[s]
         acc = 0.0
         for k in range(indptr[row], indptr[row + 1]):
