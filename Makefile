@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.hpcql-installed
 RANKS  ?= 2
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test test-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,6 +19,9 @@ demo: venv
 	mpiexec -n $(RANKS) hpcql run --overwrite
 
 test: venv
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: venv
 	$(PY) -m pytest -q
 
 clean:
