@@ -38,7 +38,7 @@ from hpcql.config import Config
 from hpcql.console import Console
 from hpcql.qlearning.agents import RECORD, Agents
 from hpcql.qlearning.learner import Learner
-from hpcql.qlearning.monitor import COLUMNS, T, Monitor
+from hpcql.qlearning.monitor import Monitor
 from hpcql.timing import PhaseTimer
 
 ENGINE = "q-learning"
@@ -179,4 +179,4 @@ def restore_learner(learner: Learner, ck: Checkpoint) -> None:
         raise RuntimeError(f"{ck.path}: {held} agents after redistribution, checkpoint says {learner.total_agents}")
 
 
-__all__ = ["QLearningControl", "NUM_FLAGS", "restore_learner", "COLUMNS", "T"]
+__all__ = ["QLearningControl", "NUM_FLAGS", "restore_learner"]
