@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hpcql.errors import BadInput
 
@@ -105,6 +105,16 @@ class AlgoBase(Section):
 
 class ValueIterationAlgo(AlgoBase):
     name: Literal["value-iteration"]
+    stopping: Literal["sup", "span"] = "sup"
+    """sup: stop at ||V'-V||_inf < tol(1-g)/(2g). span (sync only): stop at
+    span(V'-V) < tol(1-g)/g and shift V by g/(1-g) * mid-range of V'-V (Puterman
+    6.6.12); both leave a tol-optimal greedy policy and ||V - V*|| <= tol/2."""
+
+    @model_validator(mode="after")
+    def _span_needs_sync(self) -> "ValueIterationAlgo":
+        if self.stopping == "span" and self.mode != "sync":
+            raise ValueError("stopping = 'span' needs mode = 'sync'")
+        return self
 
 
 class PolicyIterationAlgo(AlgoBase):

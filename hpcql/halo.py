@@ -107,6 +107,8 @@ class HaloExchange:
 
     def exchange(self, values_ext: np.ndarray) -> None:
         """Synchronous exchange: fill the ghost part of ``values_ext`` (collective)."""
+        if self.comm.size == 1:
+            return  # nothing to exchange, and the collective call itself costs milliseconds
         np.take(values_ext, self.send_flat, out=self._send_buf)
         ghosts = values_ext[self.n_local:]
         self.graph.Neighbor_alltoallv(

@@ -58,7 +58,7 @@ def interrupted_then_resumed(tmp_path, name, algo, ranks, resume_ranks, at=40):
                                   'name = "policy-iteration"\nvariant = "optimistic"\neval_sweeps = 5',
                                   'name = "policy-iteration"\nvariant = "inexact"'])
 def test_signal_checkpoint_resume_is_bitwise_exact(tmp_path, algo):
-    at = 3 if "inexact" in algo else 40
+    at = 2 if "policy-iteration" in algo else 40  # PI converges in few outer iterations
     ref_cfg = config(tmp_path, "ref", algo)
     assert hpcql(["run", ref_cfg], ranks=2, timeout=120).returncode == 0
     ref = result(tmp_path, "ref")

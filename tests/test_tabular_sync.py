@@ -142,3 +142,21 @@ def test_existing_result_is_not_overwritten(tmp_path):
     assert path.read_bytes() == before
     res = hpcql(["run", str(tmp_path / "same-2.toml"), "--overwrite"], ranks=2, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_span_stopping_rule_reaches_the_optimum_in_few_sweeps(tmp_path, random_mdp_file, ranks):
+    """Puterman's span rule with the mid-range correction: V within tol/2 of V*, far fewer sweeps."""
+    P, R, gamma = load_mdp(random_mdp_file)
+    v_star, _ = optimal_values(P, R, gamma)
+    env = f'kind = "mdp-file"\npath = "{random_mdp_file}"'
+    span = solve(tmp_path, env, ranks, 'name = "value-iteration"\nstopping = "span"', tol=1e-6, name="span")
+    sup = solve(tmp_path, env, ranks, 'name = "value-iteration"', tol=1e-6, name="sup")
+    assert np.max(np.abs(span["V"] - v_star)) < 0.5e-6
+    assert span["attrs"]["iterations"] < sup["attrs"]["iterations"] / 5
+
+
+def test_span_rule_needs_sync(tmp_path):
+    cfg = write_toml(tmp_path / "c.toml", '[algo]\nname = "value-iteration"\nmode = "async"\nstopping = "span"\n')
+    res = hpcql(["run", str(cfg)], ranks=1, timeout=60)
+    assert res.returncode == 2 and "stopping = 'span' needs mode = 'sync'" in res.stderr

@@ -31,7 +31,7 @@ IDLE_SLEEP = 2e-4  # seconds; idle ranks yield the core (ranks may be oversubscr
 class AsyncHalo:
     """Per-neighbour non-blocking ghost traffic on top of a ``HaloExchange`` plan."""
 
-    def __init__(self, problem: ShardedProblem, detector: TerminationDetector) -> None:
+    def __init__(self, problem: ShardedProblem, detector: TerminationDetector, send_tol: float) -> None:
         self.comm = problem.comm
         self.halo = problem.halo
         self.detector = detector
@@ -41,6 +41,7 @@ class AsyncHalo:
         self.send_reqs: dict[int, MPI.Request] = {}
         self.last_sent = {d: np.full(self.halo.send_idx[d].size, np.nan) for d in self.halo.destinations}
         self.pending: set[int] = set(self.halo.destinations)
+        self.send_tol = send_tol
 
     def receive(self, v_ext: np.ndarray) -> bool:
         """Copy every message that has arrived into the ghosts; True if any did."""
@@ -55,9 +56,11 @@ class AsyncHalo:
         return got
 
     def mark_changed(self, v_ext: np.ndarray) -> None:
-        """Queue a send to every neighbour whose boundary values changed."""
+        """Queue a send to every neighbour whose boundary values moved by more than ``send_tol``
+        since they were last sent (never-sent values count as moved)."""
         for dst in self.halo.destinations:
-            if not np.array_equal(v_ext[self.halo.send_idx[dst]], self.last_sent[dst]):
+            moved = np.abs(v_ext[self.halo.send_idx[dst]] - self.last_sent[dst])
+            if moved.size and not np.max(moved) <= self.send_tol:  # NaN (never sent) counts as moved
                 self.pending.add(dst)
 
     def flush(self, v_ext: np.ndarray) -> None:
@@ -121,13 +124,16 @@ def value_iteration_async(
     comm, sh = problem.comm, problem.shard
     n = problem.n_local
     threshold = problem.stop_threshold(tol)
+    # A rank goes idle below 0.8 of the threshold, and neighbours may hold its boundary values up
+    # to 0.2 of it stale, so at the stop ||T V - V|| <= gamma * threshold (see bellman_residual).
+    local_threshold, send_tol = 0.8 * threshold, 0.2 * threshold
     v_ext = problem.new_ext()
     v0 = control.initial_values(sh.row_start, sh.row_stop)
     if v0 is not None:
         v_ext[:n] = v0
     policy = np.zeros(n, dtype=np.int64)
     detector = TerminationDetector(comm)
-    traffic = AsyncHalo(problem, detector)
+    traffic = AsyncHalo(problem, detector, send_tol)
     sweeps, loops = 0, 0
     active = True
     residual = np.inf
@@ -141,7 +147,7 @@ def value_iteration_async(
                 residual = bellman_sweep(sh.indptr, problem.cols, problem.probs, sh.rewards, v_ext, v_ext,
                                          problem.gamma, policy, sweeps % 2 == 1)
             sweeps += 1
-            active = residual >= threshold
+            active = residual >= local_threshold
             if active or news:
                 detector.mark_busy()
             traffic.mark_changed(v_ext)

@@ -16,13 +16,16 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def bellman_sweep(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, reverse=False):
-    """V_out[s] = max_a r(s,a) + gamma * sum_j P(j|s,a) v_ext[j]; returns max |change|.
+def bellman_sweep_range(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, reverse=False):
+    """V_out[s] = max_a r(s,a) + gamma * sum_j P(j|s,a) v_ext[j] for the local rows.
 
-    Also stores the greedy action (lowest index on ties) in ``policy_out``.
+    Returns (min, max) of the signed change ``V_out[s] - v_ext[s]`` (for the
+    span stopping rule) and stores the greedy action (lowest index on ties) in
+    ``policy_out``.
     """
     n_local, num_actions = rewards.shape
-    residual = 0.0
+    lo = np.inf
+    hi = -np.inf
     for i in range(n_local):
         s = n_local - 1 - i if reverse else i
         best = -np.inf
@@ -36,12 +39,21 @@ def bellman_sweep(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out,
             if q > best:
                 best = q
                 arg = a
-        diff = abs(best - v_ext[s])
-        if diff > residual:
-            residual = diff
+        diff = best - v_ext[s]
+        if diff < lo:
+            lo = diff
+        if diff > hi:
+            hi = diff
         v_out[s] = best
         policy_out[s] = arg
-    return residual
+    return lo, hi
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def bellman_sweep(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, reverse=False):
+    """Like ``bellman_sweep_range``; returns the largest |change| (0 for an empty shard)."""
+    lo, hi = bellman_sweep_range(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, reverse)
+    return max(hi, -lo, 0.0)
 
 
 @njit(cache=True, nogil=True, boundscheck=False)

@@ -116,8 +116,8 @@ def policy_iteration(
                                  problem.gamma, policy, k % 2 == 1)
                 inner += 1
         else:
-            # the linear residual in 2-norm, relative to the size of the problem, tied to the Bellman residual
-            atol = algo.inner_rtol_factor * residual * np.sqrt(max(sh.num_states, 1))
+            # ||linear residual||_2 <= factor * ||T V - V||_inf bounds its sup norm the same way
+            atol = algo.inner_rtol_factor * residual
             res = evaluate_policy(problem, policy, atol, x0=v_ext[:n].copy(), method=algo.krylov,
                                   restart=algo.krylov_restart, max_iter=algo.max_inner, timer=timer)
             v_ext[:n] = res.x

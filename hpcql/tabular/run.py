@@ -26,7 +26,8 @@ def solve(cfg: Config, problem: ShardedProblem, console: Console, timer: PhaseTi
     algo = cfg.algo
     faults = FaultInjector(cfg.debug, problem.comm.rank)
     label = "sweep" if not isinstance(algo, PolicyIterationAlgo) else "outer"
-    tracker = console.tracker(label, target=problem.stop_threshold(algo.tol))
+    span = getattr(algo, "stopping", "sup") == "span"
+    tracker = console.tracker(label, target=problem.stop_threshold(algo.tol) * (2.0 if span else 1.0))
     try:
         if isinstance(algo, PolicyIterationAlgo):
             from hpcql.tabular.policy_iteration import policy_iteration
@@ -36,7 +37,8 @@ def solve(cfg: Config, problem: ShardedProblem, console: Console, timer: PhaseTi
             from hpcql.tabular.async_vi import value_iteration_async
 
             return value_iteration_async(problem, algo.tol, algo.max_iterations, timer, tracker, faults, control)
-        return value_iteration_sync(problem, algo.tol, algo.max_iterations, timer, tracker, faults, control)
+        return value_iteration_sync(problem, algo.tol, algo.max_iterations, timer, tracker, faults, control,
+                                    span=algo.stopping == "span")
     finally:
         tracker.close()
 
