@@ -62,6 +62,7 @@ class DQNLoop:
         self.wall_offset = 0.0  # wall seconds of earlier segments (resume)
         self.t0 = time.perf_counter()
         self.last_eval = (0, 0.0, 0)  # (global steps, wall, updates) at the previous evaluation
+        self.evaluated_at = -1  # vector step of the latest evaluation
 
     # ----------------------------------------------------------------- counters
     @property
@@ -156,11 +157,14 @@ class DQNLoop:
         return target is not None and mean >= target
 
     # ----------------------------------------------------------------- the loop
-    def run(self) -> None:
-        """Act and learn until the budget is spent or an evaluation reaches ``target_return``."""
+    def run(self, control: Any = None) -> None:
+        """Act and learn until the budget is spent or an evaluation reaches ``target_return``.
+
+        ``control`` (a ``DQNControl``) sees every vector step (periodic / signal checkpoints)
+        and every evaluation (``every_iterations`` checkpoints); it may raise ``Checkpointed``.
+        """
         t, a = self.trainer, self.algo
         tracker = self.console.tracker("env steps", total=a.total_steps)
-        evaluated_at = -1
         try:
             while t.vec_steps < self.total_vec:
                 with self.timer.phase("act"):
@@ -171,13 +175,17 @@ class DQNLoop:
                     for _ in range(a.gradient_steps):
                         self.update()
                 if t.vec_steps % self.eval_every_vec == 0:
-                    evaluated_at = t.vec_steps
+                    self.evaluated_at = t.vec_steps
                     if self._solved(self.evaluate()):
                         self.finish(evaluated=True)
                         return
+                    if control is not None:
+                        control.after_evaluation(self)
                 if t.vec_steps % 16 == 0:
                     tracker.update(self.global_steps, eps=self.epsilon())
-            done_at_eval = evaluated_at == t.vec_steps
+                if control is not None:
+                    control.step(self)
+            done_at_eval = self.evaluated_at == t.vec_steps
             self.finish(evaluated=done_at_eval)
             if not done_at_eval:
                 self._solved(self.evaluate())

@@ -11,6 +11,7 @@ from mpi4py import MPI
 from hpcql.comm import collective
 from hpcql.config import Config, DQNAlgo, GymEnv
 from hpcql.console import Console
+from hpcql.dqn.control import DQNControl
 from hpcql.dqn.device import setup_device
 from hpcql.dqn.envs import check_spaces, make_env
 from hpcql.dqn.loop import DQNLoop, scheme_of
@@ -96,7 +97,10 @@ def run_dqn(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
                     " (per pushed gradient)")
                  + f"; device {device}, {threads} torch thread(s)/rank")
     loop = DQNLoop(cfg, comm, trainer, timer, console)
-    loop.run()
+    control = DQNControl(cfg, comm, console, timer)
+    control.restore(loop)
+    loop.run(control)
+    control.close()
     staleness = loop.staleness()
     wall = time.perf_counter() - t0
     phases = timer.aggregate(comm)
