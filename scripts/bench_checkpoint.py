@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+
 import re
 import subprocess
 import sys
@@ -39,7 +39,7 @@ def dd(directory: Path, nbytes: int) -> dict[str, float]:
     target = directory / "dd.bin"
     count = max(1, nbytes // (16 << 20))
     out = {}
-    for mode, args in (("write", [f"if=/dev/zero", f"of={target}", "conv=fsync"]),
+    for mode, args in (("write", ["if=/dev/zero", f"of={target}", "conv=fsync"]),
                        ("read", [f"if={target}", "of=/dev/null"])):
         if mode == "read":
             out["dropped_caches"] = drop_caches()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
 import h5py
 import numpy as np
 import scipy.sparse as sp
@@ -39,3 +40,17 @@ def optimal_values(P: sp.csr_matrix, R: np.ndarray, gamma: float) -> tuple[np.nd
             return V, policy
         policy = np.where(improve, Q.argmax(axis=1), policy)
     raise RuntimeError("reference policy iteration did not converge")
+
+
+def gym_toy_text_model(env_id: str, **kwargs) -> tuple[sp.csr_matrix, np.ndarray]:
+    """(P, R) of a gymnasium toy-text env built straight from ``env.unwrapped.P``."""
+    env = gym.make(env_id, **kwargs)
+    P_dict, S, A = env.unwrapped.P, env.observation_space.n, env.action_space.n
+    P = sp.lil_matrix((S * A, S))
+    R = np.zeros((S, A))
+    for s in range(S):
+        for a in range(A):
+            for p, nxt, r, _ in P_dict[s][a]:
+                P[s * A + a, nxt] += p
+                R[s, a] += p * r
+    return P.tocsr(), R

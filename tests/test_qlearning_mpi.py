@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gymnasium as gym
 import h5py
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import scipy.sparse as sp
 from conftest import hpcql, write_toml
 from hpcql.config import GridworldEnv
 from hpcql.mdp.gridworld import gridworld_shard
-from reference import evaluate_policy, optimal_values
+from reference import evaluate_policy, gym_toy_text_model, optimal_values
 
 FROZEN = 'kind = "gymnasium-tabular"\nid = "FrozenLake-v1"\noptions = {map_name = "8x8", is_slippery = true}'
 
@@ -33,16 +32,7 @@ def run_ql(tmp_path, name: str, env_toml: str, ranks: int, algo: str = "", extra
 
 @pytest.fixture(scope="module")
 def frozenlake_model():
-    env = gym.make("FrozenLake-v1", map_name="8x8", is_slippery=True)
-    P_dict, S, A = env.unwrapped.P, 64, 4
-    P = sp.lil_matrix((S * A, S))
-    R = np.zeros((S, A))
-    for s in range(S):
-        for a in range(A):
-            for p, nxt, r, _ in P_dict[s][a]:
-                P[s * A + a, nxt] += p
-                R[s, a] += p * r
-    P = P.tocsr()
+    P, R = gym_toy_text_model("FrozenLake-v1", map_name="8x8", is_slippery=True)
     return P, R, optimal_values(P, R, 0.99)[0]
 
 

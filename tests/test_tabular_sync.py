@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import gymnasium as gym
 import h5py
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from hpcql.config import GridworldEnv
 from hpcql.mdp import write_mdp
 from hpcql.mdp.gridworld import gridworld_shard
 from hpcql.mdp.random_mdp import random_mdp_shard
-from reference import load_mdp, optimal_values
+from reference import gym_toy_text_model, load_mdp, optimal_values
 
 RANKS = [1, 2, 3, 4]
 
@@ -82,17 +81,9 @@ def test_gridworld_matches_scipy(tmp_path):
 
 
 def frozenlake_reference(gamma: float) -> np.ndarray:
-    """Build FrozenLake 8x8's MDP straight from gymnasium's P and solve it with scipy."""
-    env = gym.make("FrozenLake-v1", map_name="8x8", is_slippery=True)
-    P_dict, S, A = env.unwrapped.P, 64, 4
-    P = sp.lil_matrix((S * A, S))
-    R = np.zeros((S, A))
-    for s in range(S):
-        for a in range(A):
-            for p, nxt, r, _ in P_dict[s][a]:
-                P[s * A + a, nxt] += p
-                R[s, a] += p * r
-    return optimal_values(P.tocsr(), R, gamma)[0]
+    """FrozenLake 8x8's MDP straight from gymnasium's P, solved with scipy."""
+    P, R = gym_toy_text_model("FrozenLake-v1", map_name="8x8", is_slippery=True)
+    return optimal_values(P, R, gamma)[0]
 
 
 def test_frozenlake_8x8(tmp_path):
