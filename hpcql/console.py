@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from typing import TextIO
 
 from mpi4py import MPI
 from tqdm import tqdm
+
+
+def _launched_from_terminal(max_depth: int = 4) -> bool:
+    """True when this process or its launcher (mpiexec, srun: a few ancestors up) writes to a
+    terminal. Under mpiexec a rank's own stdout is a pipe; batch jobs and CI have no terminal."""
+    if sys.stdout.isatty():
+        return True
+    pid = os.getpid()
+    for _ in range(max_depth):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])  # parent pid
+            if pid <= 1:
+                return False
+            if os.readlink(f"/proc/{pid}/fd/2").startswith(("/dev/pts/", "/dev/tty")):
+                return True
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
 
 
 class Console:
@@ -29,7 +49,7 @@ class Console:
         self.stream = stream or sys.stdout
         self.enabled = comm.rank == 0
         if progress == "auto":
-            progress = "bar" if self.stream.isatty() else "log"
+            progress = "bar" if self.stream.isatty() or _launched_from_terminal() else "log"
         self.progress_mode = progress
         self.status_every = status_every
 
@@ -81,7 +101,7 @@ class ProgressTracker:
         self.bar: tqdm | None = None
         if mode == "bar":
             self.bar = tqdm(total=100 if target is not None else total, desc=label, file=sys.stderr,
-                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]")
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
 
     def _fraction(self, step: int, residual: float | None) -> float:
         if self.target is not None and residual is not None and residual > 0:
