@@ -36,7 +36,7 @@ learning_starts = 1000
 target_update_every = 100
 n_step = 3
 eps_decay_steps = 10000
-eval_every = 5000
+eval_every = 2500
 eval_episodes = 20
 target_return = 475.0
 check_every = 50
@@ -174,7 +174,12 @@ def test_cartpole_solves(tmp_path: Path, ranks: int, mode: str, scheme: str) -> 
     _solves(tmp_path, ranks, mode, scheme, CARTPOLE, 80_000, 475.0)
 
 
-@pytest.mark.parametrize("ranks", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(4, marks=pytest.mark.slow)])
-@pytest.mark.parametrize("mode,scheme", MODES)
+ACROBOT_CASES = [pytest.param(ranks, mode, scheme, marks=[] if (ranks, mode) == (1, "sync") else pytest.mark.slow,
+                              id=f"{ranks}-{mode}-{scheme}")
+                 for ranks in (1, 2, 4) for mode, scheme in MODES]
+
+
+@pytest.mark.parametrize("ranks,mode,scheme", ACROBOT_CASES)
 def test_acrobot_solves(tmp_path: Path, ranks: int, mode: str, scheme: str) -> None:
+    """Default run: 1 rank sync only; the other ranks and modes are ``slow``."""
     _solves(tmp_path, ranks, mode, scheme, ACROBOT, 80_000, -100.0)
