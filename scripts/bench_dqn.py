@@ -7,7 +7,7 @@ reaches 475 (checked every --eval-every env steps) or --budget env steps are spe
 table of median time-to-solve and env-steps-to-solve, the fraction of hpcql's update time
 spent communicating, and writes everything as JSON.
 
-    python scripts/bench_dqn.py --seeds 3 --budget 60000 --ranks 1,2 --json bench_dqn.json
+    python scripts/bench_dqn.py --seeds 2 --budget 80000 --ranks 1,2 --json bench_dqn.json
 """
 
 from __future__ import annotations
@@ -152,9 +152,9 @@ def median(values: list) -> float | None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 (default 2)")
-    ap.add_argument("--budget", type=int, default=60_000, help="env-step budget per run (default 60000)")
+    ap.add_argument("--budget", type=int, default=80_000, help="env-step budget per run (default 80000, as in tests)")
     ap.add_argument("--ranks", default="1,2", help="hpcql rank counts (default 1,2)")
-    ap.add_argument("--eval-every", type=int, default=5000, help="env steps between evaluations (default 5000)")
+    ap.add_argument("--eval-every", type=int, default=2500, help="env steps between evaluations (default 2500, as in tests)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per hpcql run (default 900)")
     ap.add_argument("--skip-sb3", action="store_true", help="hpcql only")
     ap.add_argument("--json", default="bench_dqn.json", help="output JSON (default bench_dqn.json)")
