@@ -62,6 +62,7 @@ PEERS = [
 ]
 HPCQL_ALGOS = {
     "VI sync": {"name": "value-iteration", "mode": "sync"},
+    "VI sync span": {"name": "value-iteration", "mode": "sync", "stopping": "span"},
     "VI async": {"name": "value-iteration", "mode": "async"},
     "PI optimistic": {"name": "policy-iteration", "variant": "optimistic"},
     "PI inexact": {"name": "policy-iteration", "variant": "inexact"},
