@@ -61,6 +61,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hpcql import signals
 
     signals.install()  # before the heavy imports: a SLURM USR1 during start-up must not kill the rank
+    try:
+        return _run(args)
+    finally:
+        signals.ignore_from_now_on()
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The body of ``hpcql run`` (signal handlers already installed)."""
     from mpi4py import MPI
 
     from hpcql.comm import abort_job

@@ -24,6 +24,17 @@ def install() -> None:
         signal.signal(sig, _handler)
 
 
+def ignore_from_now_on() -> None:
+    """After the run's outcome is decided: ignore SIGTERM/SIGUSR1 for the rest of the process.
+
+    Python resets its own handlers to the default (terminate) at interpreter shutdown, so a
+    signal arriving during shutdown or MPI_Finalize would kill a rank that already finished;
+    ignored signals are left ignored.
+    """
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def requested() -> bool:
     """True once a stop signal has arrived on this rank."""
     return bool(_received)

@@ -156,7 +156,7 @@ CHECKPOINT_FEATURE = all(importlib.util.find_spec(m) is not None for m in ("hpcq
 def test_usr1_checkpoint_requeue_resume_gives_the_same_result(cluster, tmp_path: Path):
     """Real hpcql: USR1 mid-run -> checkpoint + exit 3 -> requeue -> resume -> bitwise the same result."""
     extra = "ntasks_per_node = 2\n"
-    body = (f'[run]\nname = "long"\nout_dir = "runs"\n[env]\nkind = "gridworld"\nrows = 120\ncols = 120\n'
+    body = (f'[run]\nname = "long"\nout_dir = "runs"\n[env]\nkind = "gridworld"\nrows = 500\ncols = 500\n'
             f'[algo]\nname = "value-iteration"\ngamma = 0.999\ntol = 1e-10\n'
             f'[checkpoint]\nevery_seconds = 1.0\n[slurm]\n{extra}time = "00:10:00"\nsignal_seconds = 60\n')
     cfg = tmp_path / "long.toml"
