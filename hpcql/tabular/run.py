@@ -20,6 +20,9 @@ from hpcql.tabular.value_iteration import value_iteration_sync
 from hpcql.timing import PhaseTimer
 
 
+HEATMAP_MAX_STATES = 16_000_000  # the heatmap reads V and the policy whole on rank 0
+
+
 def solve(cfg: Config, problem: ShardedProblem, console: Console, timer: PhaseTimer,
           control: RunControl) -> Solution:
     """Dispatch to the configured solver."""
@@ -106,7 +109,10 @@ def run_tabular(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
     with timer.phase("io"):
         path = write_tabular_result(cfg, comm, problem.offsets, q, v, policy, attrs, history)
     summarize(console, phases, sol, wall, problem.global_nnz, path)
-    if cfg.run.plots and problem.shard.grid_shape is not None and comm.rank == 0:
+    if cfg.run.plots and problem.shard.grid_shape is not None and problem.shard.num_states > HEATMAP_MAX_STATES:
+        console.info(f"heatmap skipped: {problem.shard.num_states:,} states is over the "
+                     f"{HEATMAP_MAX_STATES:,} rank 0 would read for it")
+    elif cfg.run.plots and problem.shard.grid_shape is not None and comm.rank == 0:
         from hpcql.plots import value_heatmap
         from hpcql.h5io import read_rows
 
