@@ -46,15 +46,16 @@ def relative_gap(P, R, v_star, policy, start=0, gamma=0.99) -> float:
 @pytest.mark.parametrize("ranks", [1, 2, 4])
 def test_frozenlake_8x8_within_one_percent(tmp_path, frozenlake_model, ranks, mode):
     P, R, v_star = frozenlake_model
+    budget = 8_000_000 if ranks == 4 else 4_000_000  # 4 ranks: 4096 agents share the updates
     r = run_ql(tmp_path, f"fl-{ranks}-{mode}", FROZEN, ranks,
-               f'mode = "{mode}"\ngamma = 0.99\nbudget_updates = 4_000_000\neval_points = 2')
+               f'mode = "{mode}"\ngamma = 0.99\nbudget_updates = {budget}\neval_points = 2')
     gap = relative_gap(P, R, v_star, r["policy"])
     assert gap < 0.01, (gap, r["stdout"])
     a = r["attrs"]
     assert abs(a["optimal_value_start"] - v_star[0]) < 1e-5  # the engine's own reference agrees with scipy
     assert abs(a["gap_start"] - gap) < 1e-4
     assert a["agents_final"] == a["agents"] == 1024 * ranks
-    assert a["updates"] >= 4_000_000
+    assert a["updates"] >= budget
     if ranks > 1:
         assert a["migrated"] > 0
     csv = (r["out"] / "metrics.csv").read_text().splitlines()
