@@ -216,8 +216,11 @@ class QLearningAlgo(AlgoBase):
     """constant: alpha; visits: n(s,a)^-omega; rescaled: (1 + (1-gamma)(n(s,a)-1))^-omega."""
     alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
     omega: Annotated[float, Field(gt=0.5, le=1.0)] = 0.8
-    starts: Literal["fixed", "exploring"] = "exploring"
-    """fixed: episodes start in start_states (uniform pick); exploring: uniform state, uniform first action."""
+    starts: Literal["fixed", "exploring", "mixed"] = "exploring"
+    """fixed: episodes start in start_states (uniform pick); exploring: uniform state, uniform first
+    action; mixed: an exploring start with probability exploring_fraction, else a fixed one."""
+    exploring_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    """Share of exploring starts under starts = "mixed"."""
     start_states: list[Annotated[int, Field(ge=0)]] = [0]
     """Start states of episodes (fixed starts) and where the greedy policy's value is reported."""
     max_episode_steps: Annotated[int, Field(ge=1)] = 1000

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from conftest import hpcql, write_toml
+from conftest import REPO, hpcql, write_toml
 from hpcql.config import GridworldEnv
 from hpcql.mdp.gridworld import gridworld_shard
 from reference import evaluate_policy, gym_toy_text_model, optimal_values
@@ -61,6 +61,32 @@ def test_frozenlake_8x8_within_one_percent(tmp_path, frozenlake_model, ranks, mo
     csv = (r["out"] / "metrics.csv").read_text().splitlines()
     assert csv[0].startswith("seconds,updates,updates_per_s,migrated_per_s,mean_abs_td")
     assert (r["out"] / "learning_curve.png").stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def grid100_model():
+    env = GridworldEnv(kind="gridworld", rows=100, cols=100, slip=0.1)
+    sh = gridworld_shard(env, 0, 0, 100 * 100)
+    P = sp.csr_matrix((sh.probs, sh.indices, sh.indptr), shape=(100 * 100 * 4, 100 * 100))
+    return P, sh.rewards, optimal_values(P, sh.rewards, 0.99)[0]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("ranks", [1, 2, 4])
+def test_gridworld_100x100_within_one_percent(tmp_path, grid100_model, ranks, mode):
+    """The shipped job (100M updates, mixed starts) at 1, 2, 4 ranks, checked against scipy."""
+    P, R, v_star = grid100_model
+    out = tmp_path / "out"
+    proc = hpcql(["run", str(REPO / "jobs" / "qlearning-gridworld100.toml"), "--set", f"run.out_dir={out}",
+                  "--set", f"algo.mode={mode}", "--set", "algo.eval_points=0", "--set", "run.progress=none",
+                  "--set", "checkpoint.enabled=false"], ranks=ranks, timeout=480)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with h5py.File(out / "result.h5", "r") as f:
+        policy, attrs = f["policy"][:], dict(f.attrs)
+    gap = relative_gap(P, R, v_star, policy)
+    assert gap < 0.01, (gap, proc.stdout)
+    assert attrs["updates"] >= 100_000_000 and attrs["agents_final"] == 1024 * ranks
+    assert abs(attrs["gap_start"] - gap) < 1e-4
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])

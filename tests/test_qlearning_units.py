@@ -75,3 +75,57 @@ def test_state_dict_round_trip_resumes_bitwise():
     assert sa.keys() == sb.keys()
     for k in sa:
         np.testing.assert_array_equal(sa[k], sb[k])
+
+
+def test_outcome_rewards_average_to_the_expected_rewards():
+    """Per-outcome rewards: 1 exactly on entering the goal, and sum_k p_k r_k = R(s, a)."""
+    from hpcql.config import GridworldEnv, GymTabularEnv
+    from hpcql.mdp.gridworld import gridworld_shard
+    from hpcql.mdp.gym_tabular import gym_tabular_shard
+    from hpcql.mdp.shard import sampled_rewards
+
+    grid = gridworld_shard(GridworldEnv(kind="gridworld", rows=7, cols=9, slip=0.2), 0, 0, 63)
+    lake = gym_tabular_shard(GymTabularEnv(kind="gymnasium-tabular", id="FrozenLake-v1",
+                                           options={"map_name": "8x8", "is_slippery": True}))
+    for sh, goal in ((grid, 62), (lake, 63)):
+        rows = np.repeat(np.arange(sh.n_local * sh.num_actions), np.diff(sh.indptr))
+        src = rows // sh.num_actions
+        expected = np.where((sh.indices == goal) & (src != goal), 1.0, 0.0)
+        np.testing.assert_array_equal(sampled_rewards(sh), expected)
+        mean = np.bincount(rows, weights=sh.probs * expected, minlength=rows.max() + 1)
+        np.testing.assert_allclose(mean.reshape(sh.rewards.shape), sh.rewards, atol=1e-12)
+    taxi = gym_tabular_shard(GymTabularEnv(kind="gymnasium-tabular", id="Taxi-v4"))
+    real = np.diff(taxi.indptr)[: 500 * 6].sum()  # entries of the 500 real states (a terminal state is added)
+    assert set(np.unique(sampled_rewards(taxi)[:real])) == {-10.0, -1.0, 20.0}
+
+
+def test_q_learning_is_unbiased_near_a_rewarding_goal():
+    """Uniform exploration on a slip grid converges to Q* (scipy), also next to the goal.
+
+    Sampling the expected reward R(s, a) with a random successor made the target's noise
+    as large as V itself next to the goal, and the max over actions turned it into a
+    bias that compounded to Q ~ 2 Q* here.
+    """
+    import scipy.sparse as sp
+
+    from reference import optimal_values
+
+    lr = _learner({"kind": "gridworld", "rows": 16, "cols": 16, "slip": 0.1}, agents_per_rank=256,
+                  step_size="visits", omega=0.7)
+    while lr.updates < 8_000_000:
+        lr.advance(64, 1.0)
+    sh = lr.problem.shard
+    P = sp.csr_matrix((sh.probs, sh.indices, sh.indptr), shape=(sh.n_local * 4, sh.n_local))
+    v_star, _ = optimal_values(P, sh.rewards, 0.99)
+    q_star = sh.rewards + 0.99 * (P @ v_star).reshape(-1, 4)
+    assert np.abs(lr.q - q_star).max() < 0.05 * v_star.max(), np.abs(lr.q - q_star).max()
+
+
+@pytest.mark.parametrize("starts, fraction, at_start", [("fixed", 0.5, 1.0), ("exploring", 0.5, 0.0),
+                                                         ("mixed", 0.3, 0.7)])
+def test_episode_starts(starts, fraction, at_start):
+    lr = _learner({"kind": "gridworld", "rows": 30, "cols": 30}, agents_per_rank=20_000, starts=starts,
+                  exploring_fraction=fraction, start_states=[450])
+    lr.advance(1, 0.0)  # one step each: the first placement
+    share = np.mean(lr.agents.states == 450)
+    assert abs(share - at_start) < 0.015, share

@@ -78,8 +78,9 @@ def gridworld_shard(env: GridworldEnv, seed: int, row_start: int, row_stop: int)
     nxt[absorbing] = states[absorbing, None, None]
     probs = np.broadcast_to(outcome_p, (n, A, k)).copy()
     enter_goal = np.isin(nxt, goals) & ~absorbing[:, None, None]
-    rewards = env.step_reward + env.goal_reward * (probs * enter_goal).sum(axis=2)
-    rewards[absorbing] = 0.0
+    entry_rewards = env.step_reward + env.goal_reward * enter_goal
+    entry_rewards[absorbing] = 0.0
+    rewards = (probs * entry_rewards).sum(axis=2)
     return MdpShard(
         num_states=num_states,
         num_actions=A,
@@ -91,4 +92,5 @@ def gridworld_shard(env: GridworldEnv, seed: int, row_start: int, row_stop: int)
         rewards=rewards,
         discount=env.discount,
         grid_shape=(rows, cols),
+        entry_rewards=entry_rewards.reshape(-1),
     )

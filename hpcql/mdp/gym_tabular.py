@@ -55,19 +55,23 @@ def gym_tabular_shard(env_cfg: GymTabularEnv, row_start: int | None = None, row_
     indptr = [0]
     indices: list[int] = []
     probs: list[float] = []
+    entry_rewards: list[float] = []
     rewards = np.zeros((hi - lo, A))
     for s in range(lo, hi):
         for a in range(A):
+            entries: dict[int, float] = {}
+            gains: dict[int, float] = {}  # sum of p * r per next state
             if s == S:  # the added absorbing terminal state
-                entries = {S: 1.0}
+                entries[S], gains[S] = 1.0, 0.0
             else:
-                entries: dict[int, float] = {}
                 for p, nxt, r, done in P[s][a]:
                     tgt = S if (done and needs_terminal and not _absorbing(P, nxt)) else int(nxt)
                     entries[tgt] = entries.get(tgt, 0.0) + float(p)
+                    gains[tgt] = gains.get(tgt, 0.0) + float(p) * float(r)
                     rewards[s - lo, a] += float(p) * float(r)
             indices.extend(entries)
             probs.extend(entries.values())
+            entry_rewards.extend(gains[t] / entries[t] if entries[t] > 0 else 0.0 for t in entries)
             indptr.append(len(indices))
     return MdpShard(
         num_states=total,
@@ -81,4 +85,5 @@ def gym_tabular_shard(env_cfg: GymTabularEnv, row_start: int | None = None, row_
         discount=env_cfg.discount,
         grid_shape=grid if not needs_terminal else None,
         meta={"gym_id": env_cfg.id, "terminal_state_added": needs_terminal},
+        entry_rewards=np.array(entry_rewards, dtype=np.float64),
     )

@@ -12,7 +12,11 @@ class MdpShard:
     """Rows ``row_start*A .. row_stop*A`` of the global transition matrix.
 
     Row ``(s - row_start) * A + a`` of ``indptr``/``indices``/``probs`` is
-    P(. | s, a); ``indices`` hold global next-state ids.
+    P(. | s, a); ``indices`` hold global next-state ids. ``rewards`` are the
+    expected rewards R(s, a) every solver uses; sources that know the reward of
+    each outcome also give ``entry_rewards`` (one per transition entry, with
+    ``sum_k p_k r_k = R(s, a)``), which sampling learners draw instead of R(s, a)
+    so that a sampled target carries the reward of the outcome it sampled.
     """
 
     num_states: int
@@ -27,6 +31,8 @@ class MdpShard:
     grid_shape: tuple[int, int] | None = None
     """(rows, cols) for gridworlds: state id = row * cols + col."""
     meta: dict[str, object] = field(default_factory=dict)
+    entry_rewards: np.ndarray | None = None
+    """Reward of each transition entry r(s, a, s'), or None (use R(s, a) for every outcome)."""
 
     @property
     def n_local(self) -> int:
@@ -76,7 +82,15 @@ def slice_shard(shard: MdpShard, start: int, stop: int) -> MdpShard:
         shard.indptr[lo_row: hi_row + 1] - lo, shard.indices[lo:hi], shard.probs[lo:hi],
         shard.rewards[start - shard.row_start: stop - shard.row_start],
         shard.discount, shard.grid_shape, dict(shard.meta),
+        None if shard.entry_rewards is None else shard.entry_rewards[lo:hi],
     )
+
+
+def sampled_rewards(shard: MdpShard) -> np.ndarray:
+    """Reward of every transition entry: ``entry_rewards``, else R(s, a) repeated over the row."""
+    if shard.entry_rewards is not None:
+        return shard.entry_rewards
+    return np.repeat(shard.rewards.reshape(-1), np.diff(shard.indptr))
 
 
 def state_nnz_cumulative(shard: MdpShard) -> np.ndarray:

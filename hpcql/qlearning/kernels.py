@@ -32,17 +32,32 @@ def _row_max(q, s):
     return m
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _exploring_start(key, restart_ctr, explore_fraction):
+    """Whether the restart drawn at ``restart_ctr`` is an exploring start (draw 0 of that counter)."""
+    if explore_fraction >= 1.0:
+        return True
+    if explore_fraction <= 0.0:
+        return False
+    return uniform(key, restart_ctr, 0) < explore_fraction
+
+
 @njit(cache=True, nogil=True, boundscheck=False)
 def advance_agents(ids, states, ctrs, ep_steps, moved, max_steps, seed_key,
-                   q, visits, vmax_ext, indptr, cols, gstates, probs, rewards, absorbing,
+                   q, visits, vmax_ext, indptr, cols, gstates, probs, entry_rewards, absorbing,
                    row_start, gamma, epsilon, alpha, omega, step_kind,
-                   uniform_starts, start_states, num_states, max_episode_steps, stats):
+                   explore_fraction, start_states, num_states, max_episode_steps, stats):
     """Advance every agent up to ``max_steps`` steps; returns the number of Q updates.
 
+    The reward of a step is that of the sampled outcome (``entry_rewards[k]``), so
+    the target's variance is that of r + gamma max Q(s') jointly, not of max Q(s')
+    around a fixed expected reward (which, near a rewarding absorbing state, is
+    large and, through the max, biases Q upward).
     ``states[i] < 0`` means "not placed yet" (restart first). ``step_kind``: constant
     ``alpha``, ``n(s,a)^-omega`` (visits) or ``(1 + (1-gamma)(n(s,a)-1))^-omega`` (rescaled).
-    With ``uniform_starts`` (exploring starts) a start state is uniform over all
-    states and the first action of an episode is uniform.
+    An episode begins with an exploring start with probability ``explore_fraction``
+    (a uniform state over all states, then a uniform first action), otherwise in a
+    uniformly picked one of ``start_states``.
     """
     n_local, num_actions = q.shape
     row_stop = row_start + n_local
@@ -63,7 +78,7 @@ def advance_agents(ids, states, ctrs, ep_steps, moved, max_steps, seed_key,
             t += 1
             if g < 0 or ep >= max_episode_steps or absorbing[s]:
                 u = uniform(key, ctr, 3)
-                if uniform_starts:
+                if _exploring_start(key, ctr, explore_fraction):
                     g = min(np.int64(u * num_states), num_states - 1)
                 else:
                     g = start_states[min(np.int64(u * n_starts), n_starts - 1)]
@@ -77,7 +92,8 @@ def advance_agents(ids, states, ctrs, ep_steps, moved, max_steps, seed_key,
                 continue
             # epsilon-greedy action, ties broken uniformly
             u = uniform(key, ctr, 1)
-            if (uniform_starts and ep == 0) or uniform(key, ctr, 0) < epsilon:
+            # ep == 0: no step since the restart at counter ctr - 1
+            if (ep == 0 and _exploring_start(key, ctr - np.uint64(1), explore_fraction)) or uniform(key, ctr, 0) < epsilon:
                 a = min(np.int64(u * num_actions), num_actions - 1)
             else:
                 best = q[s, 0]
@@ -111,7 +127,7 @@ def advance_agents(ids, states, ctrs, ep_steps, moved, max_steps, seed_key,
                 m = _row_max(q, c)
             else:
                 m = vmax_ext[c]
-            td = rewards[s, a] + gamma * m - q[s, a]
+            td = entry_rewards[k] + gamma * m - q[s, a]
             visits[s, a] += 1
             if step_kind == STEP_VISITS:
                 step = visits[s, a] ** (-omega)

@@ -11,6 +11,7 @@ import numpy as np
 
 from hpcql.config import QLearningAlgo
 from hpcql.errors import BadInput
+from hpcql.mdp.shard import sampled_rewards
 from hpcql.qlearning.agents import RECORD, Agents, split_migrants
 from hpcql.qlearning.kernels import NUM_STATS, STEP_KINDS, ST_ABS_TD, ST_MOVED, ST_RESTARTS, ST_UPDATES, advance_agents, row_max
 from hpcql.qlearning.rng import seed_key
@@ -47,6 +48,7 @@ class Learner:
         self.algo = algo
         self.seed_key = seed_key(seed)
         self.absorbing = absorbing_states(problem)
+        self.entry_rewards = sampled_rewards(sh)
         self.q = np.full((sh.n_local, sh.num_actions), float(algo.q_init))
         # absorbing states are never updated (episodes end there): start them at their exact value
         self.q[self.absorbing] = sh.rewards[self.absorbing] / (1.0 - problem.gamma)
@@ -56,7 +58,7 @@ class Learner:
         self.agents = Agents.create(comm.rank * algo.agents_per_rank, algo.agents_per_rank)
         self.total_agents = algo.agents_per_rank * comm.size
         self.start_states = np.asarray(algo.start_states, dtype=np.int64)
-        self.uniform_starts = algo.starts == "exploring"
+        self.explore_fraction = {"exploring": 1.0, "fixed": 0.0}.get(algo.starts, algo.exploring_fraction)
         self.stats = np.zeros(NUM_STATS)
         self.received = 0
         self.rounds = 0
@@ -71,9 +73,9 @@ class Learner:
         p, sh, a, algo = self.problem, self.problem.shard, self.agents, self.algo
         moved = np.zeros(len(a), dtype=np.bool_)
         advance_agents(a.ids, a.states, a.ctrs, a.ep_steps, moved, max_steps, self.seed_key,
-                       self.q, self.visits, self.vmax_ext, sh.indptr, p.cols, sh.indices, p.probs, sh.rewards,
+                       self.q, self.visits, self.vmax_ext, sh.indptr, p.cols, sh.indices, p.probs, self.entry_rewards,
                        self.absorbing, sh.row_start, p.gamma, epsilon, algo.alpha, algo.omega,
-                       STEP_KINDS[algo.step_size], self.uniform_starts, self.start_states, sh.num_states,
+                       STEP_KINDS[algo.step_size], self.explore_fraction, self.start_states, sh.num_states,
                        algo.max_episode_steps, self.stats)
         self.rounds += 1
         self.agents, records, counts = split_migrants(a, moved, p.offsets)
