@@ -34,33 +34,8 @@ ZOO_CARTPOLE = dict(learning_rate=2.3e-3, batch_size=64, buffer_size=100_000, le
                     target_update_interval=10, train_freq=256, gradient_steps=128, exploration_fraction=0.16,
                     exploration_final_eps=0.04, policy_kwargs=dict(net_arch=[256, 256]))
 ZOO_TIMESTEPS = 50_000
-
-HPCQL_JOB = """
-[run]
-out_dir = "{out}"
-progress = "none"
-plots = false
-seed = {seed}
-[env]
-kind = "gymnasium"
-id = "CartPole-v1"
-num_envs = {envs}
-[algo]
-name = "dqn"
-mode = "{mode}"
-async_scheme = "{scheme}"
-total_steps = {budget}
-batch_size = {batch}
-lr = 1e-3
-learning_starts = 1000
-target_update_every = 100
-n_step = 3
-eps_decay_steps = 10000
-eval_every = {eval_every}
-eval_episodes = {episodes}
-target_return = {target}
-"""
-
+# hpcql runs the shipped job (the same zoo hyperparameters; global data rate and batch fixed across ranks)
+HPCQL_JOB = Path(__file__).resolve().parents[1] / "jobs" / "dqn-cartpole.toml"
 
 def run_sb3(seed: int, budget: int, eval_every: int) -> dict:
     """SB3 DQN with the zoo hyperparameters; stops at the first evaluation reaching TARGET."""
@@ -116,16 +91,16 @@ def run_sb3(seed: int, budget: int, eval_every: int) -> dict:
 
 
 def run_hpcql(seed: int, budget: int, eval_every: int, ranks: int, mode: str, scheme: str, timeout: float) -> dict:
-    """hpcql under mpiexec; global data rate (4 envs) and global batch (64) fixed across rank counts."""
+    """``jobs/dqn-cartpole.toml`` under mpiexec; global data rate (4 envs) and batch (64) fixed across ranks."""
     mpiexec = Path(sys.executable).parent / "mpiexec"
     with tempfile.TemporaryDirectory(prefix="bench_dqn_") as tmp:
         out = Path(tmp) / "out"
-        cfg = Path(tmp) / "job.toml"
-        cfg.write_text(HPCQL_JOB.format(out=out, seed=seed, envs=max(1, 4 // ranks), mode=mode, scheme=scheme,
-                                        budget=budget, batch=max(16, 64 // ranks), eval_every=eval_every,
-                                        episodes=EVAL_EPISODES, target=TARGET))
+        sets = {"run.out_dir": out, "run.progress": "none", "run.plots": "false", "run.seed": seed,
+                "env.num_envs": max(1, 4 // ranks), "algo.batch_size": max(16, 64 // ranks), "algo.mode": mode,
+                "algo.async_scheme": scheme, "algo.total_steps": budget, "algo.eval_every": eval_every,
+                "algo.eval_episodes": EVAL_EPISODES, "algo.target_return": TARGET, "checkpoint.enabled": "false"}
         cmd = [str(mpiexec if mpiexec.exists() else "mpiexec"), "-n", str(ranks), sys.executable, "-m", "hpcql",
-               "run", str(cfg)]
+               "run", str(HPCQL_JOB)] + [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
         t0 = time.perf_counter()
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,

@@ -36,6 +36,7 @@ def numpy_baseline(rows: int, cols: int, agents: int, steps: int, gamma: float =
     S, A = sh.num_states, sh.num_actions
     k = int(sh.indptr[1] - sh.indptr[0])  # constant successors per row in the gridworld
     nxt = sh.indices.reshape(S * A, k)
+    outcome_r = sh.entry_rewards.reshape(S * A, k)  # the reward of the sampled outcome, as hpcql draws it
     cdf = np.cumsum(sh.probs.reshape(S * A, k), axis=1)
     absorbing = (nxt == np.repeat(np.arange(S), A)[:, None]).all(axis=1).reshape(S, A).all(axis=1)
     rng = np.random.default_rng(seed)
@@ -52,7 +53,7 @@ def numpy_baseline(rows: int, cols: int, agents: int, steps: int, gamma: float =
         j = (rng.random(agents)[:, None] >= cdf[row]).sum(axis=1).clip(0, k - 1)
         s2 = nxt[row, j]
         n[s, a] += 1
-        target = sh.rewards[s, a] + gamma * q[s2].max(axis=1)
+        target = outcome_r[row, j] + gamma * q[s2].max(axis=1)
         q[s, a] += n[s, a] ** -0.8 * (target - q[s, a])
         s = s2
     return agents * steps / (time.perf_counter() - t0)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import hpcql, write_toml
+from conftest import REPO, hpcql, write_toml
 from hpcql.config import parse_config
 from hpcql.dqn.nstep import NStepAccumulator, linear_epsilon
 from hpcql.dqn.replay import ReplayShard
@@ -43,35 +43,18 @@ target_update_every = 100
 n_step = 3
 eps_decay_steps = 10000
 """
-# rl-baselines3-zoo CartPole-v1 DQN: 128 updates per 256 global env steps. SB3 counts its
-# target_update_interval = 10 in env steps, so the target is refreshed once per 128-update burst:
-# target_update_every = 128 here (10 updates diverges). Solved 3/3 (2 ranks overlap seeds 0, 1; PS seed 0)
-# where LIGHT missed 475 in 80k steps at 2 ranks overlap, seed 0.
-ZOO = """lr = 2.3e-3
-hidden = [256, 256]
-buffer_size = 100000
-learning_starts = 1000
-target_update_every = 128
-train_every = {train_every}
-gradient_steps = 128
-n_step = 1
-eps_end = 0.04
-eps_decay_steps = 8000
-"""
 CARTPOLE_LIGHT = BASE + LIGHT
-CARTPOLE = BASE + ZOO
 ACROBOT = (BASE + LIGHT).replace('"CartPole-v1"', '"Acrobot-v1"').replace("target_return = 475.0",
                                                                          "target_return = -100.0")
 
 
 def job(tmp_path: Path, ranks: int, mode: str = "sync", scheme: str = "overlap", steps: int = 4000,
         seed: int = 0, name: str = "run", template: str = CARTPOLE_LIGHT) -> Path:
-    """A job whose global data rate (4 envs), global batch (64) and env steps per training round
-    (256 for ZOO) do not depend on the rank count."""
+    """A job whose global data rate (4 envs) and global batch (64) do not depend on the rank count."""
     out = tmp_path / name
     envs = max(1, 4 // ranks)
     text = template.format(out=out, seed=seed, envs=envs, mode=mode, scheme=scheme, steps=steps,
-                           batch=max(16, 64 // ranks), train_every=max(1, 256 // (envs * ranks)))
+                           batch=max(16, 64 // ranks))
     return write_toml(tmp_path / f"{name}.toml", text)
 
 
@@ -179,9 +162,22 @@ def test_diverged_replica_is_detected(tmp_path: Path) -> None:
 MODES = [("sync", "overlap"), ("async", "overlap"), ("async", "parameter-server")]
 
 
+def shipped_job_args(tmp_path: Path, job_file: str, ranks: int, mode: str, scheme: str, steps: int) -> list[str]:
+    """``hpcql run jobs/<job_file>`` with the global data rate (4 envs) and batch (64) kept fixed."""
+    sets = {"run.out_dir": tmp_path / "run", "run.progress": "none", "run.plots": "false",
+            "env.num_envs": max(1, 4 // ranks), "algo.batch_size": max(16, 64 // ranks), "algo.mode": mode,
+            "algo.async_scheme": scheme, "algo.total_steps": steps, "algo.check_every": 50,
+            "checkpoint.enabled": "false"}
+    return ["run", str(REPO / "jobs" / job_file)] + [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+
+
 def _solves(tmp_path: Path, ranks: int, mode: str, scheme: str, template: str, steps: int, target: float) -> None:
-    cfg = job(tmp_path, ranks, mode, scheme, steps=steps, template=template)
-    p = hpcql(["run", str(cfg)], ranks=ranks, timeout=420)
+    """``template``: a TOML template of this file, or the name of a shipped job in ``jobs/``."""
+    if template.endswith(".toml"):
+        args = shipped_job_args(tmp_path, template, ranks, mode, scheme, steps)
+    else:
+        args = ["run", str(job(tmp_path, ranks, mode, scheme, steps=steps, template=template))]
+    p = hpcql(args, ranks=ranks, timeout=420)
     assert p.returncode == 0, p.stdout + p.stderr
     with h5py.File(tmp_path / "run" / "result.h5", "r") as f:
         best = float(np.max(f["curve/eval_return_mean"][:]))
@@ -201,7 +197,7 @@ CARTPOLE_CASES = [pytest.param(ranks, mode, scheme, marks=[] if _default_cartpol
 
 @pytest.mark.parametrize("ranks,mode,scheme", CARTPOLE_CASES)
 def test_cartpole_solves(tmp_path: Path, ranks: int, mode: str, scheme: str) -> None:
-    _solves(tmp_path, ranks, mode, scheme, CARTPOLE, 80_000, 475.0)
+    _solves(tmp_path, ranks, mode, scheme, "dqn-cartpole.toml", 80_000, 475.0)
 
 
 ACROBOT_CASES = [pytest.param(ranks, mode, scheme, marks=[] if (ranks, mode) == (1, "sync") else pytest.mark.slow,
