@@ -518,7 +518,7 @@ def part_b(models: list[dict[str, Any]], args, tmp: Path, out: dict[str, Any]) -
             for label, family, ranks in solver_list(args):
                 tag = re.sub(r"[^A-Za-z0-9]+", "-", f"B-{m['kind']}-{gamma}-{label}")
                 t0 = time.perf_counter()
-                if label in capped:
+                if label in capped and not args.rerun_capped:
                     rec = {"status": "skipped", "why": "exceeded the cap at a smaller gamma"}
                 elif family == "peer":
                     rec = run_peer(tmp, tag, label, model_dir, gamma, args.eps, args.cap, args.setup_limit,
@@ -608,6 +608,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mdps", default="gridworld,random")
     ap.add_argument("--states", type=int, default=None, help="states per MDP (default 10^6; quick 10^4)")
     ap.add_argument("--solvers", default="", help="comma list of substrings selecting Part B solvers")
+    ap.add_argument("--rerun-capped", action="store_true",
+                    help="run every solver at every gamma (default: skip one that hit the cap at a smaller gamma)")
     ap.add_argument("--skip-a", action="store_true")
     ap.add_argument("--skip-b", action="store_true")
     ap.add_argument("--keep-tmp", action="store_true")
