@@ -76,6 +76,33 @@ def policy_sweep(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy, reve
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
+def policy_rows(indptr, cols, probs, rewards, policy):
+    """P^pi and r^pi as a compact CSR (one row per state, in the same entry order).
+
+    Evaluation sweeps over it stream a quarter of the data (for 4 actions) contiguously
+    instead of hopping over the other actions' rows; ``policy_sweep`` runs on it with
+    ``rewards = r_pi[:, None]`` and an all-zero policy, with bitwise the same results.
+    """
+    n_local, num_actions = rewards.shape
+    pi_indptr = np.zeros(n_local + 1, dtype=indptr.dtype)
+    for s in range(n_local):
+        row = s * num_actions + policy[s]
+        pi_indptr[s + 1] = pi_indptr[s] + indptr[row + 1] - indptr[row]
+    pi_cols = np.empty(pi_indptr[n_local], dtype=cols.dtype)
+    pi_probs = np.empty(pi_indptr[n_local], dtype=probs.dtype)
+    pi_rewards = np.empty((n_local, 1), dtype=rewards.dtype)
+    for s in range(n_local):
+        row = s * num_actions + policy[s]
+        j = pi_indptr[s]
+        for k in range(indptr[row], indptr[row + 1]):
+            pi_cols[j] = cols[k]
+            pi_probs[j] = probs[k]
+            j += 1
+        pi_rewards[s, 0] = rewards[s, policy[s]]
+    return pi_indptr, pi_cols, pi_probs, pi_rewards
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
 def policy_matvec(indptr, cols, probs, x_ext, gamma, policy, y):
     """y = (I - gamma P^pi) x on the local rows (x_ext holds the ghosts of x)."""
     n_local = y.shape[0]

@@ -18,7 +18,7 @@ from hpcql.config import PolicyIterationAlgo
 from hpcql.console import ProgressTracker
 from hpcql.faults import FaultInjector
 from hpcql.tabular.control import RunControl
-from hpcql.tabular.kernels import bellman_sweep, policy_matvec, policy_sweep
+from hpcql.tabular.kernels import bellman_sweep, policy_matvec, policy_rows, policy_sweep
 from hpcql.tabular.krylov import KrylovResult, bicgstab, gmres
 from hpcql.tabular.problem import ShardedProblem
 from hpcql.tabular.solution import Solution
@@ -108,12 +108,16 @@ def policy_iteration(
             break
         if algo.variant == "optimistic":
             inner = 0
+            with timer.phase("compute"):
+                pi_indptr, pi_cols, pi_probs, pi_rewards = policy_rows(sh.indptr, problem.cols, problem.probs,
+                                                                       sh.rewards, policy)
+                first = np.zeros(n, dtype=np.int64)  # row s of the compact P^pi is state s's only row
             for k in range(algo.eval_sweeps):
                 with timer.phase("exchange"):
                     problem.halo.exchange(v_ext)
                 with timer.phase("compute"):  # Gauss-Seidel in place, alternating direction
-                    policy_sweep(sh.indptr, problem.cols, problem.probs, sh.rewards, v_ext, v_ext,
-                                 problem.gamma, policy, k % 2 == 1)
+                    policy_sweep(pi_indptr, pi_cols, pi_probs, pi_rewards, v_ext, v_ext, problem.gamma, first,
+                                 k % 2 == 1)
                 inner += 1
         else:
             # ||linear residual||_2 <= factor * ||T V - V||_inf bounds its sup norm the same way
