@@ -31,10 +31,13 @@ def bellman_sweep_range(indptr, cols, probs, rewards, v_ext, v_out, gamma, polic
         best = -np.inf
         arg = 0
         base = s * num_actions
+        k = indptr[base]  # a state's action rows are consecutive: one running entry index
         for a in range(num_actions):
+            stop = indptr[base + a + 1]
             acc = 0.0
-            for k in range(indptr[base + a], indptr[base + a + 1]):
+            while k < stop:
                 acc += probs[k] * v_ext[cols[k]]
+                k += 1
             q = rewards[s, a] + gamma * acc
             if q > best:
                 best = q
