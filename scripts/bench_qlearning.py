@@ -3,7 +3,10 @@
 The baseline is a single-process vectorised numpy Q-learning (all agents step
 together, one fancy-indexed update per step) on the same gridworld, run in the
 same invocation. Strong scaling uses the same grid at 1 and 2 ranks; weak
-scaling doubles the grid (rows) and the budget with the ranks.
+scaling doubles the grid (rows) and the budget with the ranks. Agents crowd on
+the goal's shard as epsilon decays (the "busiest rank" column shows its share of
+the updates); the ``-u`` rows repeat base/weak with epsilon fixed at 1, where
+random-walk agents stay spread out, to show the engine's own scaling cost.
 
     python scripts/bench_qlearning.py [--rows 100] [--cols 100] [--budget 20000000] [--out bench_qlearning.json]
 """
@@ -59,19 +62,21 @@ def numpy_baseline(rows: int, cols: int, agents: int, steps: int, gamma: float =
     return agents * steps / (time.perf_counter() - t0)
 
 
-def hpcql_run(ranks: int, rows: int, cols: int, budget: int, mode: str, tmp: Path) -> dict:
-    out = tmp / f"r{ranks}-{rows}x{cols}-{mode}"
+def hpcql_run(ranks: int, rows: int, cols: int, budget: int, mode: str, tmp: Path, uniform: bool = False) -> dict:
+    """One run; ``uniform``: epsilon stays 1 (random walks), so agents stay spread over all shards."""
+    out = tmp / f"r{ranks}-{rows}x{cols}-{mode}-{'u' if uniform else 'g'}"
     cfg = tmp / f"{out.name}.toml"
     cfg.write_text(f'[run]\nout_dir = "{out}"\nprogress = "none"\nplots = false\n'
                    f'[env]\nkind = "gridworld"\nrows = {rows}\ncols = {cols}\nslip = 0.1\n'
                    f'[algo]\nname = "q-learning"\nmode = "{mode}"\nbudget_updates = {budget}\neval_points = 0\n'
-                   f'exchange_every = 64\n')
+                   f'exchange_every = 64\n' + ('epsilon_schedule = "constant"\n' if uniform else ''))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, "-m", "hpcql", "run", str(cfg)], check=True,
                    env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
     with h5py.File(out / "result.h5", "r") as f:
         a = f.attrs
         return {"ranks": ranks, "rows": rows, "cols": cols, "mode": mode, "updates": int(a["updates"]),
+                "updates_per_rank": [int(x) for x in a["updates_per_rank"]],
                 "learn_seconds": float(a["learn_seconds"]), "updates_per_s": float(a["updates_per_second"]),
                 "updates_per_s_per_rank": float(a["updates_per_second"]) / ranks,
                 "migrated": int(a["migrated"]), "gap_start": float(a["gap_start"])}
@@ -94,18 +99,26 @@ def main() -> None:
             results["runs"].append(hpcql_run(1, args.rows, args.cols, args.budget, mode, tmp) | {"kind": "base"})
             results["runs"].append(hpcql_run(2, args.rows, args.cols, 2 * args.budget, mode, tmp) | {"kind": "strong"})
             results["runs"].append(hpcql_run(2, 2 * args.rows, args.cols, 2 * args.budget, mode, tmp) | {"kind": "weak"})
+            # the same with random-walk agents: no crowding near the goal, so this isolates the
+            # engine's own cost of scaling (migration, ghosts, reductions) from load imbalance
+            results["runs"].append(hpcql_run(1, args.rows, args.cols, args.budget, mode, tmp, True) | {"kind": "base-u"})
+            results["runs"].append(hpcql_run(2, 2 * args.rows, args.cols, 2 * args.budget, mode, tmp, True)
+                                   | {"kind": "weak-u"})
     base = results["numpy_baseline_updates_per_s"]
     print(f"numpy vectorised baseline (1 process, {args.agents} agents): {base / 1e6:.2f} M updates/s")
     print(f"{'mode':>6} {'kind':>7} {'ranks':>5} {'grid':>9} {'M upd/s':>9} {'M upd/s/rank':>13} {'x numpy':>8} "
-          f"{'eff':>6} {'migrated':>10}")
+          f"{'eff':>6} {'migrated':>10} {'busiest rank':>12}")
     for mode in ("sync", "async"):
-        one = next(r for r in results["runs"] if r["mode"] == mode and r["kind"] == "base")
         for r in (x for x in results["runs"] if x["mode"] == mode):
+            one = next(b for b in results["runs"] if b["mode"] == mode
+                       and b["kind"] == ("base-u" if r["kind"].endswith("-u") else "base"))
             r["speedup_vs_numpy_per_rank"] = r["updates_per_s_per_rank"] / base
             r["efficiency"] = r["updates_per_s_per_rank"] / one["updates_per_s_per_rank"]
+            r["busiest_rank_share"] = max(r["updates_per_rank"]) / max(1, sum(r["updates_per_rank"]))
             print(f"{mode:>6} {r['kind']:>7} {r['ranks']:>5} {r['rows']:>4}x{r['cols']:<4} "
                   f"{r['updates_per_s'] / 1e6:9.2f} {r['updates_per_s_per_rank'] / 1e6:13.2f} "
-                  f"{r['speedup_vs_numpy_per_rank']:8.1f} {r['efficiency']:6.2f} {r['migrated']:>10}")
+                  f"{r['speedup_vs_numpy_per_rank']:8.1f} {r['efficiency']:6.2f} {r['migrated']:>10} "
+                  f"{r['busiest_rank_share']:12.0%}")
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
 
