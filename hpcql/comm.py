@@ -6,6 +6,7 @@ Modules receive a communicator; only the command line fetches COMM_WORLD.
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from typing import Callable, TypeVar
 
@@ -43,10 +44,16 @@ def collective(comm: MPI.Comm, fn: Callable[[], T]) -> T:
     return result  # type: ignore[return-value]
 
 
+ABORT_GRACE_SECONDS = 0.5
+
+
 def abort_job(comm: MPI.Comm, message: str, code: int = EXIT_INTERNAL) -> None:
     """Print ``message`` naming this rank and end every rank of the job now."""
     sys.stderr.write(f"hpcql: rank {comm.rank}: {message}\n")
     sys.stderr.flush()
+    # let the launcher's I/O proxy forward the message before Abort tears the job down
+    # (seen once under load: hydra killed the ranks first and the reason was lost)
+    time.sleep(ABORT_GRACE_SECONDS)
     comm.Abort(code)
 
 
