@@ -31,6 +31,11 @@ def hpcql(args: list[str], ranks: int = 1, timeout: float = 120, cwd: Path | Non
     return mpirun(["-m", "hpcql", *args], ranks, timeout, cwd, env)
 
 
+def set_args(overrides: dict[str, object]) -> list[str]:
+    """``--set key=value`` command-line arguments for ``hpcql run``."""
+    return [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
+
+
 def write_toml(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

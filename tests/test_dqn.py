@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, hpcql, write_toml
+from conftest import REPO, hpcql, set_args, write_toml
 from hpcql.config import parse_config
 from hpcql.dqn.nstep import NStepAccumulator, linear_epsilon
 from hpcql.dqn.replay import ReplayShard
@@ -168,7 +168,7 @@ def shipped_job_args(tmp_path: Path, job_file: str, ranks: int, mode: str, schem
             "env.num_envs": max(1, 4 // ranks), "algo.batch_size": max(16, 64 // ranks), "algo.mode": mode,
             "algo.async_scheme": scheme, "algo.total_steps": steps, "algo.check_every": 50,
             "checkpoint.enabled": "false"}
-    return ["run", str(REPO / "jobs" / job_file)] + [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+    return ["run", str(REPO / "jobs" / job_file)] + set_args(sets)
 
 
 def _solves(tmp_path: Path, ranks: int, mode: str, scheme: str, template: str, steps: int, target: float) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from conftest import REPO, hpcql, write_toml
+from conftest import REPO, hpcql, set_args, write_toml
 from hpcql.config import GridworldEnv
 from hpcql.mdp.gridworld import gridworld_shard
 from reference import evaluate_policy, gym_toy_text_model, optimal_values
@@ -79,9 +79,10 @@ def test_gridworld_100x100_within_one_percent(tmp_path, grid100_model, ranks, mo
     """The shipped job (100M updates, mixed starts) at 1, 2, 4 ranks, checked against scipy."""
     P, R, v_star = grid100_model
     out = tmp_path / "out"
-    proc = hpcql(["run", str(REPO / "jobs" / "qlearning-gridworld100.toml"), "--set", f"run.out_dir={out}",
-                  "--set", f"algo.mode={mode}", "--set", "algo.eval_points=0", "--set", "run.progress=none",
-                  "--set", "checkpoint.enabled=false"], ranks=ranks, timeout=480)
+    sets = {"run.out_dir": out, "algo.mode": mode, "algo.eval_points": 0, "run.progress": "none",
+            "checkpoint.enabled": "false"}
+    proc = hpcql(["run", str(REPO / "jobs" / "qlearning-gridworld100.toml"), *set_args(sets)], ranks=ranks,
+                 timeout=480)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with h5py.File(out / "result.h5", "r") as f:
         policy, attrs = f["policy"][:], dict(f.attrs)

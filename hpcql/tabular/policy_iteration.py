@@ -85,6 +85,7 @@ def policy_iteration(
     if v0 is not None:
         v_ext[:n] = v0
     policy = np.zeros(n, dtype=np.int64)
+    only_row = np.zeros(n, dtype=np.int64)  # the compact P^pi has one row per state: "action" 0
     local, glob = np.zeros(3), np.zeros(3)  # residual, checkpoint due, stop signal
     history: list[dict[str, float]] = list(control.start_meta.get("history", []))
     inner_total = int(control.start_meta.get("inner_total", 0))
@@ -111,12 +112,11 @@ def policy_iteration(
             with timer.phase("compute"):
                 pi_indptr, pi_cols, pi_probs, pi_rewards = policy_rows(sh.indptr, problem.cols, problem.probs,
                                                                        sh.rewards, policy)
-                first = np.zeros(n, dtype=np.int64)  # row s of the compact P^pi is state s's only row
             for k in range(algo.eval_sweeps):
                 with timer.phase("exchange"):
                     problem.halo.exchange(v_ext)
                 with timer.phase("compute"):  # Gauss-Seidel in place, alternating direction
-                    policy_sweep(pi_indptr, pi_cols, pi_probs, pi_rewards, v_ext, v_ext, problem.gamma, first,
+                    policy_sweep(pi_indptr, pi_cols, pi_probs, pi_rewards, v_ext, v_ext, problem.gamma, only_row,
                                  k % 2 == 1)
                 inner += 1
         else:
