@@ -90,8 +90,9 @@ def run_sb3(seed: int, budget: int, eval_every: int) -> dict:
             "seconds": cb.solved[1] if cb.solved else None, "wall": wall, "comm_fraction": 0.0}
 
 
-def run_hpcql(seed: int, budget: int, eval_every: int, ranks: int, mode: str, scheme: str, timeout: float) -> dict:
-    """``jobs/dqn-cartpole.toml`` under mpiexec; global data rate (4 envs) and batch (64) fixed across ranks."""
+def run_hpcql(seed: int, budget: int, eval_every: int, ranks: int, mode: str, scheme: str, timeout: float,
+              job: Path = HPCQL_JOB, extra: dict | None = None) -> dict:
+    """``job`` under mpiexec; global data rate (4 envs) and batch (64) fixed across ranks; ``extra``: more --set."""
     mpiexec = Path(sys.executable).parent / "mpiexec"
     with tempfile.TemporaryDirectory(prefix="bench_dqn_") as tmp:
         out = Path(tmp) / "out"
@@ -99,8 +100,9 @@ def run_hpcql(seed: int, budget: int, eval_every: int, ranks: int, mode: str, sc
                 "env.num_envs": max(1, 4 // ranks), "algo.batch_size": max(16, 64 // ranks), "algo.mode": mode,
                 "algo.async_scheme": scheme, "algo.total_steps": budget, "algo.eval_every": eval_every,
                 "algo.eval_episodes": EVAL_EPISODES, "algo.target_return": TARGET, "checkpoint.enabled": "false"}
+        sets |= extra or {}
         cmd = [str(mpiexec if mpiexec.exists() else "mpiexec"), "-n", str(ranks), sys.executable, "-m", "hpcql",
-               "run", str(HPCQL_JOB)] + [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+               "run", str(job)] + [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
         t0 = time.perf_counter()
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
@@ -126,28 +128,37 @@ def median(values: list) -> float | None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 (default 2)")
+    ap.add_argument("--seeds", type=int, default=2, help="number of seeds (default 2)")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first..first+N-1 (default 0)")
     ap.add_argument("--budget", type=int, default=80_000, help="env-step budget per run (default 80000, as in tests)")
     ap.add_argument("--ranks", default="1,2", help="hpcql rank counts (default 1,2)")
     ap.add_argument("--eval-every", type=int, default=2500, help="env steps between evaluations (default 2500, as in tests)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per hpcql run (default 900)")
     ap.add_argument("--skip-sb3", action="store_true", help="hpcql only")
+    ap.add_argument("--schemes", default="sync,overlap,parameter-server",
+                    help="hpcql schemes to run (default sync,overlap,parameter-server)")
+    ap.add_argument("--job", type=Path, default=HPCQL_JOB, help="hpcql job file (default jobs/dqn-cartpole.toml)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra hpcql --set override for every hpcql run (repeatable)")
     ap.add_argument("--json", default="bench_dqn.json", help="output JSON (default bench_dqn.json)")
     args = ap.parse_args()
 
+    extra = dict(kv.split("=", 1) for kv in args.sets)
+    schemes = {"sync": ("sync", "overlap"), "overlap": ("async", "overlap"),
+               "parameter-server": ("async", "parameter-server")}
     variants: list[tuple[str, dict]] = [] if args.skip_sb3 else [("sb3-dqn (zoo)", {"kind": "sb3"})]
     for r in [int(x) for x in args.ranks.split(",")]:
-        variants += [(f"hpcql sync x{r}", {"kind": "hpcql", "ranks": r, "mode": "sync", "scheme": "overlap"}),
-                     (f"hpcql overlap x{r}", {"kind": "hpcql", "ranks": r, "mode": "async", "scheme": "overlap"}),
-                     (f"hpcql param-server x{r}", {"kind": "hpcql", "ranks": r, "mode": "async",
-                                                   "scheme": "parameter-server"})]
+        for label in args.schemes.split(","):
+            mode, scheme = schemes[label]
+            variants.append((f"hpcql {label} x{r}", {"kind": "hpcql", "ranks": r, "mode": mode, "scheme": scheme}))
     results: dict[str, list[dict]] = {name: [] for name, _ in variants}
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for name, v in variants:
             if v["kind"] == "sb3":
                 res = run_sb3(seed, args.budget, args.eval_every)
             else:
-                res = run_hpcql(seed, args.budget, args.eval_every, v["ranks"], v["mode"], v["scheme"], args.timeout)
+                res = run_hpcql(seed, args.budget, args.eval_every, v["ranks"], v["mode"], v["scheme"], args.timeout,
+                                args.job, extra)
             res["seed"] = seed
             results[name].append(res)
             print(f"seed {seed} {name}: solved={res['solved']} steps={res['steps']} "
@@ -168,6 +179,7 @@ def main() -> int:
         print("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
     Path(args.json).write_text(json.dumps({"target": TARGET, "eval_episodes": EVAL_EPISODES, "seeds": args.seeds,
                                            "budget": args.budget, "zoo_hyperparameters": ZOO_CARTPOLE,
+                                           "hpcql_job": str(args.job), "hpcql_sets": extra,
                                            "results": results}, indent=2, default=str))
     print(f"json: {args.json}")
     return 0

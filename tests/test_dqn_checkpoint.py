@@ -135,3 +135,17 @@ def test_parameter_server_checkpoints_at_quiesced_points(tmp_path: Path) -> None
     assert "resuming from" in res.stdout and ckpts[-1].name in res.stdout
     with h5py.File(tmp_path / "ps" / "result.h5", "r") as f:
         assert int(f["eval/env_steps"][-1]) >= 2996 and f["eval/returns"].shape[1] == 4
+
+
+def test_resume_with_another_network_is_bad_input(tmp_path: Path) -> None:
+    """A checkpoint of a [64, 64] network resumed with hidden = [32]: one line, exit 2, checkpoint kept."""
+    cfg = interrupt(tmp_path, "net", 1)
+    ckpts = sorted((tmp_path / "net" / "checkpoints").glob("ckpt-*.h5"))
+    before = {p.name: p.read_bytes() for p in ckpts}
+    res = hpcql(["run", str(cfg), "--set", "debug.signal_rank=-1", "--set", "algo.hidden=[32]"], ranks=1, timeout=240)
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("hpcql: error: ") and ckpts[-1].name in lines[0], res.stderr
+    assert "parameters" in lines[0] and "algo.hidden" in lines[0]
+    assert {p.name: p.read_bytes() for p in sorted((tmp_path / "net" / "checkpoints").glob("ckpt-*.h5"))} == before
+    assert not (tmp_path / "net" / "result.h5").exists()

@@ -58,6 +58,7 @@ from hpcql.console import Console
 from hpcql.dqn.envs import rank_env_seeds
 from hpcql.dqn.replay import FIELDS
 from hpcql.dqn.trainer import _to_numpy, _to_torch
+from hpcql.errors import BadInput
 from hpcql.timing import PhaseTimer
 
 ENGINE = "dqn"
@@ -164,8 +165,7 @@ def state_arrays(loop: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray
     """(replicated, per_rank, meta) of ``loop`` at an agreed (PS: quiesced) point."""
     t = loop.trainer
     q = t.flat.gather_params().copy()
-    target = np.zeros_like(q)
-    torch_flat(t.target, target)
+    target = t.target_flat.gather_params(np.zeros_like(q))
     loop_state: dict[str, Any] = {
         "curve": [dict(p) for p in loop.curve], "eval_returns": [r.copy() for r in loop.eval_returns],
         "wall_seconds": loop.wall(), "last_eval": list(loop.last_eval), "solved_at": loop.solved_at,
@@ -196,21 +196,19 @@ def state_arrays(loop: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray
     return replicated, per_rank, meta
 
 
-def torch_flat(module: torch.nn.Module, out: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        out[...] = torch.nn.utils.parameters_to_vector(module.parameters()).detach().cpu().numpy()
-    return out
-
-
-def _load_flat(module: torch.nn.Module, flat: np.ndarray) -> None:
-    with torch.no_grad():
-        torch.nn.utils.vector_to_parameters(torch.from_numpy(np.array(flat, dtype=np.float32)).to(
-            next(module.parameters()).device), module.parameters())
-
-
 def _replay_of(ck: Checkpoint, rank: int, own: dict[str, Any]) -> dict[str, Any]:
     return {k: ck.per_rank(f"replay_{k}", rank) for k in FIELDS} | {
         "pos": own["replay_pos"], "size": own["replay_size"], "capacity": own["replay_capacity"]}
+
+
+def check_layout(ck: Checkpoint, q: np.ndarray, optimizer: dict[str, Any], size: int) -> None:
+    """The checkpoint's network and optimizer fit this run (same on every rank, so agreed)."""
+    if q.size != size:
+        raise BadInput(f"{ck.path}: checkpoint network has {q.size:,} parameters, this run's has {size:,} "
+                       "(algo.hidden differs?); run with --fresh to start over", agreed=True)
+    if len(optimizer["param_groups"][0]["params"]) != 1:
+        raise BadInput(f"{ck.path}: checkpoint holds a per-tensor optimizer state from an older hpcql; "
+                       "run with --fresh to start over", agreed=True)
 
 
 def load_state(loop: Any, ck: Checkpoint, console: Console) -> None:
@@ -218,9 +216,11 @@ def load_state(loop: Any, ck: Checkpoint, console: Console) -> None:
     comm, t, cfg = loop.comm, loop.trainer, loop.cfg
     rank, size = comm.rank, comm.size
     # ---- replicated: network, target, optimizer, curve
-    t.flat.scatter_params(np.array(ck.replicated("q"), dtype=np.float32))
-    _load_flat(t.target, ck.replicated("target"))
-    t.optimizer.load_state_dict(_to_torch(unpack(ck.replicated("optimizer"))))
+    q, optimizer = np.asarray(ck.replicated("q"), dtype=np.float32), unpack(ck.replicated("optimizer"))
+    check_layout(ck, q, optimizer, t.flat.size)
+    t.flat.scatter_params(q)
+    t.target_flat.scatter_params(ck.replicated("target"))
+    t.optimizer.load_state_dict(_to_torch(optimizer))
     ls = unpack(ck.replicated("loop"))
     loop.curve = [dict(p) for p in ls["curve"]]
     loop.eval_returns = [np.asarray(r) for r in ls["eval_returns"]]
@@ -243,7 +243,7 @@ def load_state(loop: Any, ck: Checkpoint, console: Console) -> None:
         t.replay.load_state_dict(_replay_of(ck, rank, own))
         loop.evaluated_at = ls["evaluated_at"]
         if loop.scheme == "parameter-server":
-            _load_flat(t.target, own["target"])
+            t.target_flat.scatter_params(own["target"])
             if rank != 0:
                 loop.exchange.local_updates = int(own["ps_local_updates"])
                 loop.exchange.version = int(ls["ps_version"])
@@ -254,7 +254,7 @@ def load_state(loop: Any, ck: Checkpoint, console: Console) -> None:
     if reuse:
         _load_rank_state(t, olds[rank], envs=True)
         if loop.scheme == "parameter-server":
-            _load_flat(t.target, olds[rank]["target"])
+            t.target_flat.scatter_params(olds[rank]["target"])
     else:
         t.rng = np.random.default_rng([cfg.run.seed, rank, global_steps])
         obs, _ = t.vec.reset(seed=rank_env_seeds(cfg.run.seed + global_steps, rank, t.num_envs))

@@ -21,50 +21,69 @@ def build_mlp(obs_dim: int, num_actions: int, hidden: list[int]) -> nn.Sequentia
 
 
 class FlatBuffer:
-    """All parameters (or gradients) of a module as one contiguous float32 host array.
+    """A module's parameters and gradients, each living in one contiguous float32 tensor.
 
-    The hot path of gradient averaging is then a single ``Allreduce`` on ``array``.
+    The module's parameters are re-pointed to views of one flat parameter tensor and their
+    ``.grad`` to views of one flat gradient tensor. Backward then accumulates straight into
+    the buffer that the ``Allreduce`` sends (no gather / scatter copies on the CPU), and the
+    optimizer, the gradient clipping and ``zero_grad`` each touch a single tensor (see
+    ``param``). Build it after the module is on its device; moving the module afterwards
+    breaks the aliasing.
+
+    ``array`` is the gradient as a host numpy array: on the CPU a view of the live gradient,
+    on a GPU a host copy refreshed by ``gather_grads``. ``grads=False`` (a target network)
+    flattens the parameters only.
     """
 
-    def __init__(self, module: nn.Module) -> None:
-        self.params = [p for p in module.parameters()]
-        self.sizes = [p.numel() for p in self.params]
+    def __init__(self, module: nn.Module, grads: bool = True) -> None:
+        params = [p for p in module.parameters()]
+        self.sizes = [p.numel() for p in params]
         self.size = int(sum(self.sizes))
-        self.array = np.zeros(self.size, dtype=np.float32)
-        self._host = torch.from_numpy(self.array)  # shares memory with array
+        device = params[0].device
+        self.on_host = device.type == "cpu"
+        self.param = nn.Parameter(torch.empty(self.size, dtype=torch.float32, device=device), requires_grad=grads)
+        with torch.no_grad():
+            for view, p in zip(self._views(self.param.data), params):
+                view.copy_(p.reshape(-1))
+                p.data = view.view_as(p)
+        if grads:
+            self.param.grad = torch.zeros(self.size, dtype=torch.float32, device=device)
+            for grad, p in zip(self._views(self.param.grad), params):
+                p.grad = grad.view_as(p)  # backward accumulates into this view in place
+        self.array = self.param.grad.numpy() if grads and self.on_host else np.zeros(self.size, dtype=np.float32)
 
     def _views(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         return list(torch.split(tensor, self.sizes))
 
-    def gather_grads(self, out: np.ndarray | None = None) -> np.ndarray:
-        """Copy every ``p.grad`` into ``out`` (default: ``self.array``)."""
-        host = self._host if out is None else torch.from_numpy(out)
-        for view, p in zip(self._views(host), self.params):
-            view.copy_(p.grad.reshape(-1))
-        return self.array if out is None else out
+    @staticmethod
+    def _copy(dst: torch.Tensor, src: np.ndarray) -> None:
+        """``dst[...] = src`` unless they already are the same memory."""
+        if dst.device.type == "cpu" and dst.numpy().__array_interface__["data"][0] == src.__array_interface__["data"][0]:
+            return
+        dst.copy_(torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32)))
+
+    def gather_grads(self) -> np.ndarray:
+        """The gradient as a host array (``array``; a view of the live gradient on the CPU)."""
+        if not self.on_host:
+            self.array[...] = self.param.grad.cpu().numpy()
+        return self.array
 
     def scatter_grads(self, flat: np.ndarray) -> None:
-        """Write ``flat`` into every ``p.grad``."""
-        host = torch.from_numpy(flat)
-        for view, p in zip(self._views(host), self.params):
-            if p.grad is None:
-                p.grad = torch.empty_like(p)
-            p.grad.copy_(view.view_as(p))
+        """Make ``flat`` the gradient the optimizer applies."""
+        self._copy(self.param.grad, flat)
 
     def gather_params(self, out: np.ndarray | None = None) -> np.ndarray:
-        """Copy every parameter into ``out`` (default: ``self.array``)."""
-        host = self._host if out is None else torch.from_numpy(out)
-        with torch.no_grad():
-            for view, p in zip(self._views(host), self.params):
-                view.copy_(p.reshape(-1))
-        return self.array if out is None else out
+        """The parameters as a host array: copied into ``out`` if given, else a view (CPU) or copy (GPU)."""
+        data = self.param.data
+        if out is None:
+            return data.numpy() if self.on_host else data.cpu().numpy()
+        out[...] = data.cpu().numpy()
+        return out
 
     def scatter_params(self, flat: np.ndarray) -> None:
         """Write ``flat`` into the parameters."""
-        host = torch.from_numpy(flat)
         with torch.no_grad():
-            for view, p in zip(self._views(host), self.params):
-                p.copy_(view.view_as(p))
+            self._copy(self.param.data, flat)
 
 
 def param_checksum(module: nn.Module) -> tuple[float, str]:
