@@ -10,7 +10,10 @@ random-walk agents stay spread out, to show the engine's own scaling cost. The
 ``pair`` row runs two independent 1-rank jobs at the same time: the efficiency
 this machine allows two busy processes at all, the ceiling for any 2-rank row.
 
-    python scripts/bench_qlearning.py [--rows 100] [--cols 100] [--budget 20000000] [--out bench_qlearning.json]
+Every kind runs ``--repeats`` times, interleaved, and the fastest repeat is reported: on a
+shared machine single runs drift by up to 2x within minutes.
+
+    python scripts/bench_qlearning.py [--rows 100] [--cols 100] [--budget 20000000] [--repeats 3] [--out F]
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def _launch(ranks: int, rows: int, cols: int, budget: int, mode: str, tmp: Path,
     """Start one run; ``uniform``: epsilon stays 1 (random walks), so agents stay spread over all shards."""
     out = tmp / f"r{ranks}-{rows}x{cols}-{mode}-{'u' if uniform else 'g'}{tag}"
     cfg = tmp / f"{out.name}.toml"
-    cfg.write_text(f'[run]\nout_dir = "{out}"\nprogress = "none"\nplots = false\n'
+    cfg.write_text(f'[run]\nout_dir = "{out}"\noverwrite = true\nprogress = "none"\nplots = false\n'
                    f'[env]\nkind = "gridworld"\nrows = {rows}\ncols = {cols}\nslip = 0.1\n'
                    f'[algo]\nname = "q-learning"\nmode = "{mode}"\nbudget_updates = {budget}\neval_points = 0\n'
                    f'exchange_every = 64\n' + ('epsilon_schedule = "constant"\n' if uniform else ''))
@@ -121,23 +124,35 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=20_000_000, help="updates per rank")
     ap.add_argument("--agents", type=int, default=1024)
     ap.add_argument("--baseline-steps", type=int, default=2000)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the best of each is reported")
     ap.add_argument("--out", default="bench_qlearning.json")
     args = ap.parse_args()
-    results: dict = {"cpu_count": os.cpu_count(), "runs": []}
+    results: dict = {"cpu_count": os.cpu_count(), "repeats": args.repeats, "runs": [], "all_runs": []}
     results["numpy_baseline_updates_per_s"] = numpy_baseline(args.rows, args.cols, args.agents, args.baseline_steps)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        b, rows, cols = args.budget, args.rows, args.cols
+        for rep in range(args.repeats):  # every kind once per repeat, interleaved: drifts hit all kinds alike
+            for mode in ("sync", "async"):
+                kinds = {
+                    "base": lambda: hpcql_run(1, rows, cols, b, mode, tmp),
+                    "strong": lambda: hpcql_run(2, rows, cols, 2 * b, mode, tmp),
+                    "weak": lambda: hpcql_run(2, 2 * rows, cols, 2 * b, mode, tmp),
+                    # random-walk agents: no crowding near the goal, so this isolates the engine's
+                    # own cost of scaling (migration, ghosts, reductions) from load imbalance
+                    "base-u": lambda: hpcql_run(1, rows, cols, b, mode, tmp, True),
+                    "weak-u": lambda: hpcql_run(2, 2 * rows, cols, 2 * b, mode, tmp, True),
+                    # the machine's own ceiling: two unrelated 1-rank runs at once (no MPI between them)
+                    "pair": lambda: hpcql_pair(rows, cols, b, mode, tmp),
+                }
+                for kind, run in kinds.items():
+                    results["all_runs"].append(run() | {"kind": kind, "repeat": rep})
+        # per (mode, kind): the repeat with the highest throughput (timing noise only ever slows a run)
         for mode in ("sync", "async"):
-            results["runs"].append(hpcql_run(1, args.rows, args.cols, args.budget, mode, tmp) | {"kind": "base"})
-            results["runs"].append(hpcql_run(2, args.rows, args.cols, 2 * args.budget, mode, tmp) | {"kind": "strong"})
-            results["runs"].append(hpcql_run(2, 2 * args.rows, args.cols, 2 * args.budget, mode, tmp) | {"kind": "weak"})
-            # the same with random-walk agents: no crowding near the goal, so this isolates the
-            # engine's own cost of scaling (migration, ghosts, reductions) from load imbalance
-            results["runs"].append(hpcql_run(1, args.rows, args.cols, args.budget, mode, tmp, True) | {"kind": "base-u"})
-            results["runs"].append(hpcql_run(2, 2 * args.rows, args.cols, 2 * args.budget, mode, tmp, True)
-                                   | {"kind": "weak-u"})
-            # the machine's own ceiling: two unrelated 1-rank runs at once (no MPI between them)
-            results["runs"].append(hpcql_pair(args.rows, args.cols, args.budget, mode, tmp) | {"kind": "pair"})
+            for kind in kinds:
+                same = [r for r in results["all_runs"] if r["mode"] == mode and r["kind"] == kind]
+                best = max(same, key=lambda r: r["updates_per_s"])
+                results["runs"].append(best | {"all_updates_per_s": [r["updates_per_s"] for r in same]})
     base = results["numpy_baseline_updates_per_s"]
     print(f"numpy vectorised baseline (1 process, {args.agents} agents): {base / 1e6:.2f} M updates/s")
     print(f"{'mode':>6} {'kind':>7} {'ranks':>5} {'grid':>9} {'M upd/s':>9} {'M upd/s/rank':>13} {'x numpy':>8} "
