@@ -57,8 +57,8 @@ class ReplicaTrainer:
             p.requires_grad_(False)
         self.flat = FlatBuffer(self.q)
         self.target_flat = FlatBuffer(self.target, grads=False)
-        # one flat parameter, fused: a single kernel and little Python per step (about a third of
-        # the per-tensor optimizer's time on the CPU); clipping and zero_grad also touch one tensor
+        # one flat parameter, fused: one kernel per step; clipping and zero_grad also touch one
+        # tensor (no measurable change in update time on a 2-core CPU at [256, 256])
         self.optimizer = torch.optim.Adam([self.flat.param], lr=algo.lr, fused=True)
         self.replay = ReplayShard(algo.buffer_size, obs_dim)
         self.nstep = NStepAccumulator(env_cfg.num_envs, algo.n_step, gamma, obs_dim)
