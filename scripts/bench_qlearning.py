@@ -13,7 +13,8 @@ this machine allows two busy processes at all, the ceiling for any 2-rank row.
 Every kind runs ``--repeats`` times, interleaved, and the fastest repeat is reported: on a
 shared machine single runs drift by up to 2x within minutes.
 
-    python scripts/bench_qlearning.py [--rows 100] [--cols 100] [--budget 20000000] [--repeats 3] [--out F]
+    python scripts/bench_qlearning.py [--rows 100] [--cols 100] [--budget 20000000] [--repeats 3]
+        [--exchange-every 64] [--modes sync,async] [--kinds base,strong,weak,base-u,weak-u,pair] [--out F]
 """
 
 from __future__ import annotations
@@ -67,15 +68,18 @@ def numpy_baseline(rows: int, cols: int, agents: int, steps: int, gamma: float =
     return agents * steps / (time.perf_counter() - t0)
 
 
+EXCHANGE_EVERY = 64  # steps per agent between migrations / ghost refreshes (--exchange-every)
+
+
 def _launch(ranks: int, rows: int, cols: int, budget: int, mode: str, tmp: Path, uniform: bool = False,
-            tag: str = "") -> tuple[subprocess.Popen, Path]:
+            tag: str = "", exchange_every: int = EXCHANGE_EVERY) -> tuple[subprocess.Popen, Path]:
     """Start one run; ``uniform``: epsilon stays 1 (random walks), so agents stay spread over all shards."""
     out = tmp / f"r{ranks}-{rows}x{cols}-{mode}-{'u' if uniform else 'g'}{tag}"
     cfg = tmp / f"{out.name}.toml"
     cfg.write_text(f'[run]\nout_dir = "{out}"\noverwrite = true\nprogress = "none"\nplots = false\n'
                    f'[env]\nkind = "gridworld"\nrows = {rows}\ncols = {cols}\nslip = 0.1\n'
                    f'[algo]\nname = "q-learning"\nmode = "{mode}"\nbudget_updates = {budget}\neval_points = 0\n'
-                   f'exchange_every = 64\n' + ('epsilon_schedule = "constant"\n' if uniform else ''))
+                   f'exchange_every = {exchange_every}\n' + ('epsilon_schedule = "constant"\n' if uniform else ''))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([MPIEXEC, "-n", str(ranks), sys.executable, "-m", "hpcql", "run", str(cfg)], env=env,
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -96,19 +100,21 @@ def _collect(proc: subprocess.Popen, out: Path, ranks: int, rows: int, cols: int
                 "migrated": int(a["migrated"]), "gap_start": float(a["gap_start"])}
 
 
-def hpcql_run(ranks: int, rows: int, cols: int, budget: int, mode: str, tmp: Path, uniform: bool = False) -> dict:
+def hpcql_run(ranks: int, rows: int, cols: int, budget: int, mode: str, tmp: Path, uniform: bool = False,
+              exchange_every: int = EXCHANGE_EVERY) -> dict:
     """One run."""
-    proc, out = _launch(ranks, rows, cols, budget, mode, tmp, uniform)
+    proc, out = _launch(ranks, rows, cols, budget, mode, tmp, uniform, exchange_every=exchange_every)
     return _collect(proc, out, ranks, rows, cols, mode)
 
 
-def hpcql_pair(rows: int, cols: int, budget: int, mode: str, tmp: Path, uniform: bool = False) -> dict:
+def hpcql_pair(rows: int, cols: int, budget: int, mode: str, tmp: Path, uniform: bool = False,
+               exchange_every: int = EXCHANGE_EVERY) -> dict:
     """Two independent 1-rank runs at the same time: what this machine allows two busy processes.
 
     Reported like a 2-rank run (summed updates/s); its efficiency is the ceiling for any
     2-rank run here, since no communication or load imbalance is involved.
     """
-    runs = [_launch(1, rows, cols, budget, mode, tmp, uniform, tag=f"-pair{i}") for i in range(2)]
+    runs = [_launch(1, rows, cols, budget, mode, tmp, uniform, f"-pair{i}", exchange_every) for i in range(2)]
     parts = [_collect(proc, out, 1, rows, cols, mode) for proc, out in runs]
     rate = sum(p["updates_per_s"] for p in parts)
     return {"ranks": 2, "rows": rows, "cols": cols, "mode": mode, "updates": sum(p["updates"] for p in parts),
@@ -125,31 +131,39 @@ def main() -> None:
     ap.add_argument("--agents", type=int, default=1024)
     ap.add_argument("--baseline-steps", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the best of each is reported")
+    ap.add_argument("--exchange-every", type=int, default=EXCHANGE_EVERY,
+                    help="algo.exchange_every of every hpcql run (default %(default)s)")
+    ap.add_argument("--kinds", default="base,strong,weak,base-u,weak-u,pair",
+                    help="comma-separated kinds to run (default all; base / base-u are needed for efficiencies)")
+    ap.add_argument("--modes", default="sync,async", help="comma-separated modes (default sync,async)")
     ap.add_argument("--out", default="bench_qlearning.json")
     args = ap.parse_args()
-    results: dict = {"cpu_count": os.cpu_count(), "repeats": args.repeats, "runs": [], "all_runs": []}
+    results: dict = {"cpu_count": os.cpu_count(), "repeats": args.repeats, "exchange_every": args.exchange_every,
+                     "runs": [], "all_runs": []}
     results["numpy_baseline_updates_per_s"] = numpy_baseline(args.rows, args.cols, args.agents, args.baseline_steps)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         b, rows, cols = args.budget, args.rows, args.cols
+        x = args.exchange_every
+        modes, wanted = args.modes.split(","), args.kinds.split(",")
         for rep in range(args.repeats):  # every kind once per repeat, interleaved: drifts hit all kinds alike
-            for mode in ("sync", "async"):
+            for mode in modes:
                 kinds = {
-                    "base": lambda: hpcql_run(1, rows, cols, b, mode, tmp),
-                    "strong": lambda: hpcql_run(2, rows, cols, 2 * b, mode, tmp),
-                    "weak": lambda: hpcql_run(2, 2 * rows, cols, 2 * b, mode, tmp),
+                    "base": lambda: hpcql_run(1, rows, cols, b, mode, tmp, exchange_every=x),
+                    "strong": lambda: hpcql_run(2, rows, cols, 2 * b, mode, tmp, exchange_every=x),
+                    "weak": lambda: hpcql_run(2, 2 * rows, cols, 2 * b, mode, tmp, exchange_every=x),
                     # random-walk agents: no crowding near the goal, so this isolates the engine's
                     # own cost of scaling (migration, ghosts, reductions) from load imbalance
-                    "base-u": lambda: hpcql_run(1, rows, cols, b, mode, tmp, True),
-                    "weak-u": lambda: hpcql_run(2, 2 * rows, cols, 2 * b, mode, tmp, True),
+                    "base-u": lambda: hpcql_run(1, rows, cols, b, mode, tmp, True, x),
+                    "weak-u": lambda: hpcql_run(2, 2 * rows, cols, 2 * b, mode, tmp, True, x),
                     # the machine's own ceiling: two unrelated 1-rank runs at once (no MPI between them)
-                    "pair": lambda: hpcql_pair(rows, cols, b, mode, tmp),
+                    "pair": lambda: hpcql_pair(rows, cols, b, mode, tmp, exchange_every=x),
                 }
-                for kind, run in kinds.items():
-                    results["all_runs"].append(run() | {"kind": kind, "repeat": rep})
+                for kind in wanted:
+                    results["all_runs"].append(kinds[kind]() | {"kind": kind, "repeat": rep})
         # per (mode, kind): the repeat with the highest throughput (timing noise only ever slows a run)
-        for mode in ("sync", "async"):
-            for kind in kinds:
+        for mode in modes:
+            for kind in wanted:
                 same = [r for r in results["all_runs"] if r["mode"] == mode and r["kind"] == kind]
                 best = max(same, key=lambda r: r["updates_per_s"])
                 results["runs"].append(best | {"all_updates_per_s": [r["updates_per_s"] for r in same]})
@@ -157,12 +171,12 @@ def main() -> None:
     print(f"numpy vectorised baseline (1 process, {args.agents} agents): {base / 1e6:.2f} M updates/s")
     print(f"{'mode':>6} {'kind':>7} {'ranks':>5} {'grid':>9} {'M upd/s':>9} {'M upd/s/rank':>13} {'x numpy':>8} "
           f"{'eff':>6} {'migrated':>10} {'busiest rank':>12}")
-    for mode in ("sync", "async"):
+    for mode in modes:
         for r in (x for x in results["runs"] if x["mode"] == mode):
-            one = next(b for b in results["runs"] if b["mode"] == mode
-                       and b["kind"] == ("base-u" if r["kind"].endswith("-u") else "base"))
+            one = next((b for b in results["runs"] if b["mode"] == mode
+                        and b["kind"] == ("base-u" if r["kind"].endswith("-u") else "base")), None)
             r["speedup_vs_numpy_per_rank"] = r["updates_per_s_per_rank"] / base
-            r["efficiency"] = r["updates_per_s_per_rank"] / one["updates_per_s_per_rank"]
+            r["efficiency"] = r["updates_per_s_per_rank"] / one["updates_per_s_per_rank"] if one else float("nan")
             r["busiest_rank_share"] = max(r["updates_per_rank"]) / max(1, sum(r["updates_per_rank"]))
             print(f"{mode:>6} {r['kind']:>7} {r['ranks']:>5} {r['rows']:>4}x{r['cols']:<4} "
                   f"{r['updates_per_s'] / 1e6:9.2f} {r['updates_per_s_per_rank'] / 1e6:13.2f} "

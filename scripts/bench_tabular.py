@@ -142,9 +142,16 @@ def triad_bandwidth(n: int, reps: int) -> dict[str, float]:
     return {"elements": n, "bytes_per_element": 40, "seconds": best, "gbs": 40 * n / best / 1e9}
 
 
+def hpcql_sweep(m: dict[str, Any]):
+    """The sweep kernel an hpcql run uses on this model (fixed-width rows when they are uniform)."""
+    from hpcql.tabular.kernels import kernels_for, row_width
+
+    return kernels_for(row_width(m["indptr"])).bellman_sweep
+
+
 def time_kernels(m: dict[str, Any], gamma: float, reps: int) -> dict[str, Any]:
-    """Median time of a scipy CSR sweep and of hpcql's numba bellman_sweep, interleaved."""
-    from hpcql.tabular.kernels import bellman_sweep
+    """Median times of a scipy CSR sweep, hpcql's sweep and its general-CSR variant, interleaved."""
+    from hpcql.tabular.kernels import CSR
 
     P = to_csr(m)
     S, A = m["S"], m["A"]
@@ -159,18 +166,21 @@ def time_kernels(m: dict[str, Any], gamma: float, reps: int) -> dict[str, Any]:
         q += R
         return q.max(axis=1)
 
-    bellman_sweep(m["indptr"], m["indices"], m["probs"], R, V, v_out, gamma, pol)  # JIT / cache load
     ref = scipy_sweep()
-    assert np.allclose(ref, v_out, rtol=1e-12, atol=1e-12), "numba and scipy sweeps disagree"
-    ts, tn = [], []
+    kernels = {"numba": hpcql_sweep(m), "numba_csr": CSR.bellman_sweep}
+    for kernel in kernels.values():
+        kernel(m["indptr"], m["indices"], m["probs"], R, V, v_out, gamma, pol)  # JIT / cache load
+        assert np.allclose(ref, v_out, rtol=1e-12, atol=1e-12), "numba and scipy sweeps disagree"
+    times: dict[str, list[float]] = {"scipy": [], **{k: [] for k in kernels}}
     for _ in range(reps):
         t = time.perf_counter()
         scipy_sweep()
-        ts.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        bellman_sweep(m["indptr"], m["indices"], m["probs"], R, V, v_out, gamma, pol)
-        tn.append(time.perf_counter() - t)
-    return {"scipy": float(np.median(ts)), "numba": float(np.median(tn)), "scipy_all": ts, "numba_all": tn}
+        times["scipy"].append(time.perf_counter() - t)
+        for name, kernel in kernels.items():
+            t = time.perf_counter()
+            kernel(m["indptr"], m["indices"], m["probs"], R, V, v_out, gamma, pol)
+            times[name].append(time.perf_counter() - t)
+    return {k: float(np.median(v)) for k, v in times.items()} | {f"{k}_all": v for k, v in times.items()}
 
 
 # ============================================================================ hpcql subprocess runs
@@ -429,8 +439,7 @@ def run_peer(tmp: Path, tag: str, name: str, model_dir: Path, gamma: float, eps:
 
 def _pair_worker(m: dict[str, Any], gamma: float, reps: int, barrier: Any, results: Any, slot: int) -> None:
     """One of the concurrent kernel processes: its own copy of the model, sweeps after the barrier."""
-    from hpcql.tabular.kernels import bellman_sweep
-
+    bellman_sweep = hpcql_sweep(m)
     indptr, cols, probs, R = (np.array(m[k], copy=True) for k in ("indptr", "indices", "probs", "rewards"))
     V = np.random.default_rng(2).random(m["S"])
     v_out = np.empty(m["S"])
@@ -472,19 +481,24 @@ def part_a(models: list[dict[str, Any]], args, tmp: Path, out: dict[str, Any]) -
     out["bandwidth"] = bw
     lines = [f"Streaming bandwidth (numpy triad a = b + s*c, 2 in-place passes, 40 B/element counted, "
              f"{bw['elements']:,} elements, best of 5): {bw['gbs']:.2f} GB/s (one core)"]
-    lines.append("Byte model per transition (CSR, int32 indices): prob 8 + index 4 + V gather 8 (upper bound: no "
+    lines.append("Byte model per transition (int32 indices): prob 8 + index 4 + V gather 8 (upper bound: no "
                  "reuse; a random gather really costs a 64 B line, a gridworld gather ~0) + per (s,a) row "
-                 "(indptr 8 + reward 8)/k. Roofline time = bytes x nnz / triad GB/s; 'roofline' = that / measured.")
+                 "(reward 8, + indptr 8 unless every row has the same k: hpcql's fixed-width kernels then never "
+                 "read indptr)/k; the same model for every row of the table. Roofline time = bytes x nnz / triad "
+                 "GB/s; 'roofline' = that / measured.")
     rows = []
     out["part_a"] = []
     for m in models:
+        from hpcql.tabular.kernels import row_width
+
         k = m["nnz"] / (m["S"] * m["A"])
-        bpt = 8 + 4 + 8 + 16 / k
+        bpt = 8 + 4 + 8 + (8 if row_width(m["indptr"]) else 16) / k
         roof = bpt * m["nnz"] / (bw["gbs"] * 1e9)
         kt = time_kernels(m, 0.99, args.sweep_reps)
         pair = concurrent_kernel_time(m, 0.99, args.sweep_reps, 2)
         entries = [("scipy.sparse CSR (P@V, reshape, max)", kt["scipy"], 1),
                    ("hpcql bellman_sweep (numba, 1 proc)", kt["numba"], 1),
+                   ("hpcql bellman_sweep, general CSR rows (1 proc)", kt["numba_csr"], 1),
                    ("hpcql bellman_sweep, 2 procs at once (each)", pair, 1)]
         for ranks in args.ranks:
             # two runs, n and 3n sweeps: the difference cancels start-up (numba cache load, first-touch, setup)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from hpcql.tabular.kernels import bellman_sweep, policy_sweep
 from hpcql.tabular.problem import ShardedProblem
 from hpcql.timing import PhaseTimer
 
@@ -50,10 +49,9 @@ class Evaluator:
 
     def optimal_value(self) -> np.ndarray:
         """V* on the local rows by value iteration (the shared Bellman kernel), within ``tol``."""
-        p, sh = self.problem, self.problem.shard
+        p = self.problem
         greedy = np.zeros(p.n_local, dtype=np.int64)
-        return self._sweeps(lambda v_ext, v_out: bellman_sweep(sh.indptr, p.cols, p.probs, sh.rewards, v_ext,
-                                                               v_out, p.gamma, greedy), p.new_ext())
+        return self._sweeps(lambda v_ext, v_out: p.sweep(v_ext, v_out, greedy), p.new_ext())
 
     def at_states(self, v_local: np.ndarray) -> np.ndarray:
         """Global values of ``report_states`` (collective)."""
@@ -67,9 +65,8 @@ class Evaluator:
 
     def policy_value(self, policy: np.ndarray) -> np.ndarray:
         """V^pi on the local rows to within ``tol`` (collective); warm start from the last call."""
-        p, sh = self.problem, self.problem.shard
-        return self._sweeps(lambda v_ext, v_out: policy_sweep(sh.indptr, p.cols, p.probs, sh.rewards, v_ext, v_out,
-                                                              p.gamma, policy), self.v_pi_ext)
+        p = self.problem
+        return self._sweeps(lambda v_ext, v_out: p.policy_sweep(v_ext, v_out, policy), self.v_pi_ext)
 
     def evaluate(self, q: np.ndarray) -> dict[str, float]:
         """Greedy policy of ``q``: its value and relative gap at the first report state, mean gap."""

@@ -18,7 +18,6 @@ from mpi4py import MPI
 from hpcql.console import ProgressTracker
 from hpcql.faults import FaultInjector
 from hpcql.tabular.control import RunControl
-from hpcql.tabular.kernels import bellman_sweep
 from hpcql.tabular.problem import ShardedProblem
 from hpcql.tabular.solution import Solution
 from hpcql.tabular.termination import TerminationDetector
@@ -100,10 +99,9 @@ def bellman_residual(problem: ShardedProblem, v_local: np.ndarray) -> float:
     v_ext = problem.new_ext()
     v_ext[: problem.n_local] = v_local
     problem.halo.exchange(v_ext)
-    sh = problem.shard
     scratch = np.empty(problem.n_local)
     policy = np.empty(problem.n_local, dtype=np.int64)
-    local = bellman_sweep(sh.indptr, problem.cols, problem.probs, sh.rewards, v_ext, scratch, problem.gamma, policy)
+    local = problem.sweep(v_ext, scratch, policy)
     return float(problem.comm.allreduce(local, op=MPI.MAX))
 
 
@@ -144,8 +142,7 @@ def value_iteration_async(
             news = traffic.receive(v_ext)
         if (active or news) and sweeps < max_iterations:
             with timer.phase("compute"):
-                residual = bellman_sweep(sh.indptr, problem.cols, problem.probs, sh.rewards, v_ext, v_ext,
-                                         problem.gamma, policy, sweeps % 2 == 1)
+                residual = problem.sweep(v_ext, v_ext, policy, sweeps % 2 == 1)
             sweeps += 1
             active = residual >= local_threshold
             if active or news:

@@ -18,7 +18,7 @@ from hpcql.config import PolicyIterationAlgo
 from hpcql.console import ProgressTracker
 from hpcql.faults import FaultInjector
 from hpcql.tabular.control import RunControl
-from hpcql.tabular.kernels import bellman_sweep, policy_matvec, policy_rows, policy_sweep
+from hpcql.tabular.kernels import policy_rows
 from hpcql.tabular.krylov import KrylovResult, bicgstab, gmres
 from hpcql.tabular.problem import ShardedProblem
 from hpcql.tabular.solution import Solution
@@ -46,10 +46,10 @@ class PolicyOperator:
             with self.timer.phase("exchange"):
                 p.halo.exchange(self.x_ext)
             with self.timer.phase("compute"):
-                policy_matvec(p.shard.indptr, p.cols, p.probs, self.x_ext, p.gamma, self.policy, y)
+                p.policy_matvec(self.x_ext, self.policy, y)
         else:
             p.halo.exchange(self.x_ext)
-            policy_matvec(p.shard.indptr, p.cols, p.probs, self.x_ext, p.gamma, self.policy, y)
+            p.policy_matvec(self.x_ext, self.policy, y)
         self.matvecs += 1
 
 
@@ -96,8 +96,7 @@ def policy_iteration(
         with timer.phase("exchange"):
             problem.halo.exchange(v_ext)
         with timer.phase("compute"):  # improvement: one in-place Gauss-Seidel Bellman sweep
-            local[0] = bellman_sweep(sh.indptr, problem.cols, problem.probs, sh.rewards, v_ext, v_ext,
-                                     problem.gamma, policy, outer % 2 == 1)
+            local[0] = problem.sweep(v_ext, v_ext, policy, outer % 2 == 1)
         local[1:] = control.flags(outer + 1)
         with timer.phase("reduce"):
             comm.Allreduce(local, glob, op=MPI.MAX)
@@ -116,8 +115,8 @@ def policy_iteration(
                 with timer.phase("exchange"):
                     problem.halo.exchange(v_ext)
                 with timer.phase("compute"):  # Gauss-Seidel in place, alternating direction
-                    policy_sweep(pi_indptr, pi_cols, pi_probs, pi_rewards, v_ext, v_ext, problem.gamma, only_row,
-                                 k % 2 == 1)
+                    problem.kernels.policy_sweep(pi_indptr, pi_cols, pi_probs, pi_rewards, v_ext, v_ext,
+                                                 problem.gamma, only_row, k % 2 == 1)
                 inner += 1
         else:
             # ||linear residual||_2 <= factor * ||T V - V||_inf bounds its sup norm the same way

@@ -11,6 +11,7 @@ from hpcql.config import Config, effective_gamma
 from hpcql.halo import GhostLayout, HaloExchange, ghost_layout
 from hpcql.mdp.shard import MdpShard
 from hpcql.mdp.sources import build_shard
+from hpcql.tabular.kernels import Kernels, kernels_for, row_width
 
 
 @dataclass
@@ -25,6 +26,8 @@ class ShardedProblem:
     cols: np.ndarray
     probs: np.ndarray
     gamma: float
+    kernels: Kernels
+    """Bellman kernels for this shard's row layout (fixed-width rows when every row has the same count)."""
 
     @property
     def n_local(self) -> int:
@@ -42,6 +45,35 @@ class ShardedProblem:
         """A zeroed extended vector ``[local | ghosts]``."""
         return np.zeros(self.n_ext, dtype=np.float64)
 
+    # ---- the Bellman kernels on this shard's rows (see ``hpcql.tabular.kernels``)
+    def sweep_range(self, v_ext: np.ndarray, v_out: np.ndarray, policy_out: np.ndarray,
+                    reverse: bool = False) -> tuple[float, float]:
+        """Bellman optimality sweep; (min, max) signed change; greedy actions into ``policy_out``."""
+        sh = self.shard
+        return self.kernels.bellman_sweep_range(sh.indptr, self.cols, self.probs, sh.rewards, v_ext, v_out,
+                                                self.gamma, policy_out, reverse)
+
+    def sweep(self, v_ext: np.ndarray, v_out: np.ndarray, policy_out: np.ndarray, reverse: bool = False) -> float:
+        """Bellman optimality sweep; largest |change|."""
+        sh = self.shard
+        return self.kernels.bellman_sweep(sh.indptr, self.cols, self.probs, sh.rewards, v_ext, v_out, self.gamma,
+                                          policy_out, reverse)
+
+    def policy_sweep(self, v_ext: np.ndarray, v_out: np.ndarray, policy: np.ndarray, reverse: bool = False) -> float:
+        """Evaluation sweep of ``policy``; largest |change|."""
+        sh = self.shard
+        return self.kernels.policy_sweep(sh.indptr, self.cols, self.probs, sh.rewards, v_ext, v_out, self.gamma,
+                                         policy, reverse)
+
+    def policy_matvec(self, x_ext: np.ndarray, policy: np.ndarray, y: np.ndarray) -> None:
+        """y = (I - gamma P^pi) x on the local rows."""
+        self.kernels.policy_matvec(self.shard.indptr, self.cols, self.probs, x_ext, self.gamma, policy, y)
+
+    def q_values(self, v_ext: np.ndarray, q_out: np.ndarray) -> None:
+        """Q(s, a) on the local rows."""
+        sh = self.shard
+        self.kernels.q_values(sh.indptr, self.cols, self.probs, sh.rewards, v_ext, self.gamma, q_out)
+
     def stop_threshold(self, tol: float) -> float:
         """Sup-norm change below which the greedy policy is tol-optimal."""
         return tol * (1.0 - self.gamma) / (2.0 * self.gamma)
@@ -53,7 +85,8 @@ def make_problem(shard: MdpShard, offsets: np.ndarray, gamma: float, comm: MPI.C
     layout = ghost_layout(shard.indices, offsets, comm.rank)
     halo = HaloExchange(comm, layout, offsets)
     probs = shard.probs.astype(np.float32 if float32 else np.float64)
-    return ShardedProblem(comm, shard, offsets, layout, halo, layout.local_cols, probs, gamma)
+    return ShardedProblem(comm, shard, offsets, layout, halo, layout.local_cols, probs, gamma,
+                          kernels_for(row_width(shard.indptr)))
 
 
 def build_problem(cfg: Config, comm: MPI.Comm) -> ShardedProblem:

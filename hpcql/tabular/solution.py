@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hpcql.tabular.kernels import greedy_policy, q_values
+from hpcql.tabular.kernels import greedy_policy
 from hpcql.tabular.problem import ShardedProblem
 
 
@@ -30,5 +30,5 @@ def final_q(problem: ShardedProblem, v_local: np.ndarray) -> tuple[np.ndarray, n
     problem.halo.exchange(v_ext)
     sh = problem.shard
     q = np.empty((sh.n_local, sh.num_actions), dtype=np.float64)
-    q_values(sh.indptr, problem.cols, problem.probs, sh.rewards, v_ext, problem.gamma, q)
+    problem.q_values(v_ext, q)
     return q, q.max(axis=1) if q.size else np.zeros(sh.n_local), greedy_policy(q)

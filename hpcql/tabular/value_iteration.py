@@ -7,7 +7,6 @@ from mpi4py import MPI
 
 from hpcql.console import ProgressTracker
 from hpcql.faults import FaultInjector
-from hpcql.tabular.kernels import bellman_sweep_range
 from hpcql.tabular.control import RunControl
 from hpcql.tabular.problem import ShardedProblem
 from hpcql.tabular.solution import Solution
@@ -52,8 +51,7 @@ def value_iteration_sync(
         with timer.phase("exchange"):
             problem.halo.exchange(v_ext)
         with timer.phase("compute"):
-            lo, hi = bellman_sweep_range(sh.indptr, problem.cols, problem.probs, sh.rewards, v_ext, v_new,
-                                         gamma, policy)
+            lo, hi = problem.sweep_range(v_ext, v_new, policy)
             local[0], local[1] = -lo, hi
             v_ext[:n] = v_new
         it += 1

@@ -1,0 +1,73 @@
+"""Bellman kernels: the fixed-width (unrolled) and general CSR layouts against scipy.sparse."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from hpcql.config import GridworldEnv
+from hpcql.mdp.gridworld import gridworld_shard
+from hpcql.mdp.random_mdp import random_mdp_shard
+from hpcql.tabular.kernels import MAX_WIDTH, kernels_for, policy_rows, row_width
+
+GAMMA = 0.95
+
+
+def shards():
+    return {"random-6": random_mdp_shard(500, 4, 6, seed=5),
+            "gridworld": gridworld_shard(GridworldEnv(kind="gridworld", rows=20, cols=25, slip=0.1), 0, 0, 500)}
+
+
+@pytest.mark.parametrize("name", ["random-6", "gridworld"])
+def test_fixed_width_and_csr_kernels_match_scipy(name):
+    sh = shards()[name]
+    S, A = sh.num_states, sh.num_actions
+    width = row_width(sh.indptr)
+    assert width == {"random-6": 6, "gridworld": 3}[name]
+    P = sp.csr_matrix((sh.probs, sh.indices, sh.indptr), shape=(S * A, S))
+    cols = sh.indices.astype(np.int32)
+    v = np.random.default_rng(1).random(S)
+    q_ref = sh.rewards + GAMMA * (P @ v).reshape(S, A)
+    policy = np.random.default_rng(2).integers(0, A, S)
+    rows = np.arange(S) * A + policy
+    pol_ref = sh.rewards[np.arange(S), policy] + GAMMA * (P[rows] @ v)
+    outputs = []
+    for k in (kernels_for(width), kernels_for(0)):
+        v_out, greedy = np.empty(S), np.empty(S, dtype=np.int64)
+        change = k.bellman_sweep(sh.indptr, cols, sh.probs, sh.rewards, v, v_out, GAMMA, greedy)
+        np.testing.assert_allclose(v_out, q_ref.max(axis=1), rtol=1e-13)
+        np.testing.assert_array_equal(greedy, q_ref.argmax(axis=1))
+        assert change == pytest.approx(np.abs(q_ref.max(axis=1) - v).max(), rel=1e-12)
+        lo, hi = k.bellman_sweep_range(sh.indptr, cols, sh.probs, sh.rewards, v, v_out, GAMMA, greedy)
+        assert (lo, hi) == pytest.approx(((v_out - v).min(), (v_out - v).max()), rel=1e-12)
+        q = np.empty((S, A))
+        k.q_values(sh.indptr, cols, sh.probs, sh.rewards, v, GAMMA, q)
+        np.testing.assert_allclose(q, q_ref, rtol=1e-13)
+        pv = np.empty(S)
+        k.policy_sweep(sh.indptr, cols, sh.probs, sh.rewards, v, pv, GAMMA, policy)
+        np.testing.assert_allclose(pv, pol_ref, rtol=1e-13)
+        y = np.empty(S)
+        k.policy_matvec(sh.indptr, cols, sh.probs, v, GAMMA, policy, y)
+        np.testing.assert_allclose(y, v - GAMMA * (P[rows] @ v), rtol=1e-12, atol=1e-14)
+        # compact P^pi rows keep the layout: the same kernels sweep them
+        ip, pc, pp, pr = policy_rows(sh.indptr, cols, sh.probs, sh.rewards, policy)
+        cv = np.empty(S)
+        k.policy_sweep(ip, pc, pp, pr, v, cv, GAMMA, np.zeros(S, dtype=np.int64))
+        assert cv.tobytes() == pv.tobytes()
+        # Gauss-Seidel, backwards: in place
+        gs = v.copy()
+        k.bellman_sweep(sh.indptr, cols, sh.probs, sh.rewards, gs, gs, GAMMA, greedy, True)
+        outputs.append((v_out, q, pv, y, gs))
+    for fixed, general in zip(*outputs):  # same summation order: bitwise equal
+        assert fixed.tobytes() == general.tobytes()
+
+
+def test_row_width_only_for_uniform_rows():
+    assert row_width(np.array([0, 3, 6, 9])) == 3
+    assert row_width(np.array([0, 3, 5, 8])) == 0
+    assert row_width(np.array([0, 0, 0])) == 0
+    assert row_width(np.array([0])) == 0
+    assert row_width(np.arange(0, 4 * (MAX_WIDTH + 1), MAX_WIDTH + 1)) == 0
+    with pytest.raises(ValueError):
+        kernels_for(MAX_WIDTH + 1)
