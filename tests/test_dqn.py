@@ -150,6 +150,28 @@ def test_flat_buffer_gradients_and_adam_match_per_tensor_reference() -> None:
     assert np.array_equal(got, torch.cat([p.detach().reshape(-1) for p in net.parameters()]).numpy())
 
 
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_flat_gradient_clipping_matches_clip_grad_norm(scale: float) -> None:
+    """FlatBuffer.clip_grads == torch's clip_grad_norm_ over the per-tensor gradients (below and above the cap)."""
+    import copy
+
+    from hpcql.dqn.network import FlatBuffer, build_mlp
+
+    torch.manual_seed(1)
+    net = build_mlp(4, 3, [32, 16])
+    ref = copy.deepcopy(net)
+    flat = FlatBuffer(net)
+    x = torch.randn(16, 4)
+    (scale * net(x).pow(2).mean()).backward()
+    (scale * ref(x).pow(2).mean()).backward()
+    want_norm = float(torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0))
+    norm = flat.clip_grads(1.0)
+    assert norm == pytest.approx(want_norm, rel=1e-6)
+    want = torch.cat([p.grad.reshape(-1) for p in ref.parameters()]).numpy()
+    np.testing.assert_allclose(flat.gather_grads(), want, rtol=1e-6, atol=1e-9)
+    assert np.linalg.norm(flat.gather_grads()) <= 1.0 + 1e-5
+
+
 # ----------------------------------------------------------------------------- bad input (exit 2)
 def test_dqn_needs_gymnasium_env(tmp_path: Path) -> None:
     cfg = write_toml(tmp_path / "bad.toml", f'[run]\nout_dir = "{tmp_path / "o"}"\n[algo]\nname = "dqn"\n')

@@ -72,6 +72,18 @@ class FlatBuffer:
         """Make ``flat`` the gradient the optimizer applies."""
         self._copy(self.param.grad, flat)
 
+    def clip_grads(self, max_norm: float) -> float:
+        """Scale the gradient to global L2 norm ``max_norm`` when it is larger; returns the norm before.
+
+        ``clip_grad_norm_``'s rule (coefficient ``max_norm / (norm + 1e-6)``) in two ops on the
+        flat gradient: a tenth of its time on a CPU, where its per-call overhead dominates.
+        """
+        norm = float(torch.linalg.vector_norm(self.param.grad))
+        coef = max_norm / (norm + 1e-6)
+        if coef < 1.0:
+            self.param.grad.mul_(coef)
+        return norm
+
     def gather_params(self, out: np.ndarray | None = None) -> np.ndarray:
         """The parameters as a host array: copied into ``out`` if given, else a view (CPU) or copy (GPU)."""
         data = self.param.data

@@ -125,7 +125,7 @@ class ReplicaTrainer:
     def apply_grads(self, flat: np.ndarray) -> None:
         """Clip and apply an (averaged) flat gradient; refresh the target network on schedule."""
         self.flat.scatter_grads(flat)
-        nn.utils.clip_grad_norm_(self.flat.param, self.algo.max_grad_norm)
+        self.flat.clip_grads(self.algo.max_grad_norm)
         self.optimizer.step()
         self.updates += 1
         if self.updates % self.algo.target_update_every == 0:
