@@ -159,7 +159,8 @@ def advance_agents(ids, states, ctrs, ep_steps, moved, max_steps, seed_key,
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def row_max(q, out):
-    """out[s] = max_a q[s, a]."""
-    for s in range(q.shape[0]):
+def rows_max(q, rows, out):
+    """out[s] = max_a q[s, a] for each s in ``rows``."""
+    for i in range(rows.shape[0]):
+        s = rows[i]
         out[s] = _row_max(q, s)

@@ -13,7 +13,8 @@ from hpcql.config import QLearningAlgo
 from hpcql.errors import BadInput
 from hpcql.mdp.shard import sampled_rewards
 from hpcql.qlearning.agents import RECORD, Agents, split_migrants
-from hpcql.qlearning.kernels import NUM_STATS, STEP_KINDS, ST_ABS_TD, ST_MOVED, ST_RESTARTS, ST_UPDATES, advance_agents, row_max
+from hpcql.qlearning.kernels import (NUM_STATS, STEP_KINDS, ST_ABS_TD, ST_MOVED, ST_RESTARTS, ST_UPDATES, advance_agents,
+                                     rows_max)
 from hpcql.qlearning.rng import seed_key
 from hpcql.tabular.problem import ShardedProblem
 
@@ -54,6 +55,7 @@ class Learner:
         self.q[self.absorbing] = sh.rewards[self.absorbing] / (1.0 - problem.gamma)
         self.visits = np.zeros(self.q.shape, dtype=np.int64)
         self.vmax_ext = problem.new_ext()
+        self.boundary = np.unique(problem.halo.send_flat).astype(np.int64)  # local rows other ranks read
         self.refresh_local_max()
         self.agents = Agents.create(comm.rank * algo.agents_per_rank, algo.agents_per_rank)
         self.total_agents = algo.agents_per_rank * comm.size
@@ -89,8 +91,12 @@ class Learner:
             self.agents = Agents.concat([self.agents, incoming])
 
     def refresh_local_max(self) -> None:
-        """vmax_ext[:n_local] = max_a Q(s, a) (what the halo sends to other ranks)."""
-        row_max(self.q, self.vmax_ext[: self.problem.n_local])
+        """vmax_ext[s] = max_a Q(s, a) for the local states the halo sends to other ranks.
+
+        Only those: the kernel reads local successors' max from Q itself, so refreshing the
+        whole shard every round (as it once did) cost up to a fifth of an async run.
+        """
+        rows_max(self.q, self.boundary, self.vmax_ext)
 
     # ------------------------------------------------------------------ reporting
     @property
