@@ -144,9 +144,9 @@ def triad_bandwidth(n: int, reps: int) -> dict[str, float]:
 
 def hpcql_sweep(m: dict[str, Any]):
     """The sweep kernel an hpcql run uses on this model (fixed-width rows when they are uniform)."""
-    from hpcql.tabular.kernels import kernels_for, row_width
+    from hpcql.tabular.kernels import kernels_for_rows
 
-    return kernels_for(row_width(m["indptr"])).bellman_sweep
+    return kernels_for_rows(m["indptr"]).bellman_sweep
 
 
 def time_kernels(m: dict[str, Any], gamma: float, reps: int) -> dict[str, Any]:
@@ -477,6 +477,8 @@ def concurrent_kernel_time(m: dict[str, Any], gamma: float, reps: int, procs: in
 
 # ============================================================================ driver
 def part_a(models: list[dict[str, Any]], args, tmp: Path, out: dict[str, Any]) -> str:
+    from hpcql.tabular.kernels import row_width
+
     bw = triad_bandwidth(args.triad_elements, 5)
     out["bandwidth"] = bw
     lines = [f"Streaming bandwidth (numpy triad a = b + s*c, 2 in-place passes, 40 B/element counted, "
@@ -489,8 +491,6 @@ def part_a(models: list[dict[str, Any]], args, tmp: Path, out: dict[str, Any]) -
     rows = []
     out["part_a"] = []
     for m in models:
-        from hpcql.tabular.kernels import row_width
-
         k = m["nnz"] / (m["S"] * m["A"])
         bpt = 8 + 4 + 8 + (8 if row_width(m["indptr"]) else 16) / k
         roof = bpt * m["nnz"] / (bw["gbs"] * 1e9)

@@ -108,7 +108,7 @@ def test_compact_policy_rows_give_the_policy_operator():
     """P^pi / r^pi extracted by ``policy_rows`` == the rows scipy picks, and sweeps agree bitwise."""
     import scipy.sparse as sp
 
-    from hpcql.tabular.kernels import policy_rows, policy_sweep
+    from hpcql.tabular.kernels import CSR, policy_rows
 
     sh = random_mdp_shard(300, 4, 5, seed=3)
     A, n = 4, 300
@@ -120,6 +120,6 @@ def test_compact_policy_rows_give_the_policy_operator():
     np.testing.assert_array_equal(r_pi[:, 0], sh.rewards[np.arange(n), policy])
     v = np.random.default_rng(1).random(n)
     a, b = v.copy(), v.copy()
-    policy_sweep(sh.indptr, sh.indices.astype(np.int32), sh.probs, sh.rewards, a, a, 0.9, policy, True)
-    policy_sweep(ip, cols, probs, r_pi, b, b, 0.9, np.zeros(n, dtype=np.int64), True)
+    CSR.policy_sweep(sh.indptr, sh.indices.astype(np.int32), sh.probs, sh.rewards, a, a, 0.9, policy, True)
+    CSR.policy_sweep(ip, cols, probs, r_pi, b, b, 0.9, np.zeros(n, dtype=np.int64), True)
     assert a.tobytes() == b.tobytes()

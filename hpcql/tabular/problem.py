@@ -11,7 +11,7 @@ from hpcql.config import Config, effective_gamma
 from hpcql.halo import GhostLayout, HaloExchange, ghost_layout
 from hpcql.mdp.shard import MdpShard
 from hpcql.mdp.sources import build_shard
-from hpcql.tabular.kernels import Kernels, kernels_for, row_width
+from hpcql.tabular.kernels import Kernels, kernels_for_rows
 
 
 @dataclass
@@ -86,7 +86,7 @@ def make_problem(shard: MdpShard, offsets: np.ndarray, gamma: float, comm: MPI.C
     halo = HaloExchange(comm, layout, offsets)
     probs = shard.probs.astype(np.float32 if float32 else np.float64)
     return ShardedProblem(comm, shard, offsets, layout, halo, layout.local_cols, probs, gamma,
-                          kernels_for(row_width(shard.indptr)))
+                          kernels_for_rows(shard.indptr))
 
 
 def build_problem(cfg: Config, comm: MPI.Comm) -> ShardedProblem:
