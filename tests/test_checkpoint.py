@@ -80,7 +80,7 @@ def test_resume_under_another_rank_count(tmp_path):
 def test_async_resume_reaches_the_same_fixed_point(tmp_path):
     ref_cfg = config(tmp_path, "ref", 'name = "value-iteration"')
     assert hpcql(["run", ref_cfg], ranks=2, timeout=120).returncode == 0
-    got = interrupted_then_resumed(tmp_path, "cut", 'name = "value-iteration"\nmode = "async"', 3, 2, at=200)
+    got = interrupted_then_resumed(tmp_path, "cut", 'name = "value-iteration"\nmode = "async"', 3, 2, at=100)
     assert np.max(np.abs(got["V"] - result(tmp_path, "ref")["V"])) < 1e-8
 
 
