@@ -182,10 +182,20 @@ class DQNAlgo(AlgoBase):
     """Updates between replica checksums (sync/overlap); 0 disables."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: the GPU of the node-local rank when CUDA is available, else CPU."""
+    engine: Literal["auto", "numpy", "torch"] = "auto"
+    """How a CPU replica computes: numpy (hand-written forward/backward and Adam on the torch
+    module's own memory; several times faster for small networks) or torch (autograd).
+    auto: numpy on the CPU, torch on a GPU; a GPU always computes with torch."""
     diverge_rank: int = -1
     """Debug: perturb this rank's replica (tests the replica check); -1 disables."""
     diverge_at_update: Annotated[int, Field(ge=0)] = 0
     """Debug: the update after which diverge_rank's replica is perturbed."""
+
+    @model_validator(mode="after")
+    def _numpy_engine_on_cpu(self) -> "DQNAlgo":
+        if self.engine == "numpy" and self.device == "cuda":
+            raise ValueError("engine = 'numpy' computes on the CPU: it cannot go with device = 'cuda'")
+        return self
 
 
 class QLearningAlgo(AlgoBase):

@@ -57,7 +57,7 @@ from hpcql.config import Config
 from hpcql.console import Console
 from hpcql.dqn.envs import rank_env_seeds
 from hpcql.dqn.replay import FIELDS
-from hpcql.dqn.trainer import _to_numpy, _to_torch
+from hpcql.dqn.trainer import _to_numpy
 from hpcql.errors import BadInput
 from hpcql.timing import PhaseTimer
 
@@ -220,7 +220,7 @@ def load_state(loop: Any, ck: Checkpoint, console: Console) -> None:
     check_layout(ck, q, optimizer, t.flat.size)
     t.flat.scatter_params(q)
     t.target_flat.scatter_params(ck.replicated("target"))
-    t.optimizer.load_state_dict(_to_torch(optimizer))
+    t.load_optimizer_state(optimizer)
     ls = unpack(ck.replicated("loop"))
     loop.curve = [dict(p) for p in ls["curve"]]
     loop.eval_returns = [np.asarray(r) for r in ls["eval_returns"]]

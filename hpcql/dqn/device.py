@@ -6,6 +6,7 @@ import os
 
 import torch
 from mpi4py import MPI
+from threadpoolctl import threadpool_limits
 
 
 def node_local(comm: MPI.Comm) -> tuple[int, int]:
@@ -21,7 +22,7 @@ def setup_device(comm: MPI.Comm, choice: str, deterministic: bool) -> tuple[torc
     """Divide this node's cores among its ranks and pick the device (collective).
 
     ``auto``/``cuda``: GPU ``local_rank % device_count`` when CUDA is available, else CPU.
-    Returns (device, torch threads); OMP_NUM_THREADS, when set, caps the threads.
+    Returns (device, threads for torch and numpy's BLAS); OMP_NUM_THREADS, when set, caps the threads.
     """
     local_rank, local_size = node_local(comm)
     try:
@@ -32,6 +33,7 @@ def setup_device(comm: MPI.Comm, choice: str, deterministic: bool) -> tuple[torc
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # an explicit user cap wins
         threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
     torch.set_num_threads(threads)
+    threadpool_limits(threads, user_api="blas")  # numpy's BLAS (the numpy engine) gets the same share
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)

@@ -85,7 +85,8 @@ def run_dqn(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
     obs_dim, num_actions = collective(comm, lambda: validate(cfg))
     scheme = scheme_of(algo)
     gamma = algo.gamma if algo.gamma is not None else DEFAULT_GAMMA
-    device, threads = setup_device(comm, algo.device, deterministic=scheme != "parameter-server")
+    device, threads = setup_device(comm, "cpu" if algo.engine == "numpy" else algo.device,
+                                   deterministic=scheme != "parameter-server")
     if algo.device == "cuda" and device.type != "cuda":
         console.warn("[algo] device = \"cuda\" but CUDA is not available: using the CPU")
     trainer = collective(comm, lambda: ReplicaTrainer(algo, cfg.env, obs_dim, num_actions, gamma,
@@ -95,7 +96,7 @@ def run_dqn(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
                  f"{comm.size} rank(s) x {cfg.env.num_envs} env(s); batch {algo.batch_size}/rank"
                  + (f" = {algo.batch_size * comm.size} global" if scheme != "parameter-server" else
                     " (per pushed gradient)")
-                 + f"; device {device}, {threads} torch thread(s)/rank")
+                 + f"; device {device}, {trainer.engine} engine, {threads} thread(s)/rank")
     loop = DQNLoop(cfg, comm, trainer, timer, console)
     control = DQNControl(cfg, comm, console, timer)
     control.restore(loop)
@@ -115,6 +116,7 @@ def run_dqn(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
             "local_batch": algo.batch_size,
             "global_batch": algo.batch_size * (comm.size if scheme != "parameter-server" else 1),
             "num_envs_per_rank": cfg.env.num_envs, "torch_threads": threads, "device": str(device),
+            "engine": trainer.engine,
             "solved": loop.solved_at is not None,
             "steps_to_solve": loop.solved_at[0] if loop.solved_at else -1,
             "seconds_to_solve": loop.solved_at[1] if loop.solved_at else -1.0,

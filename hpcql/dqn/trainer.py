@@ -14,6 +14,8 @@ from hpcql.config import DQNAlgo, GymEnv
 from hpcql.dqn.envs import make_vector_env, rank_env_seeds
 from hpcql.dqn.network import FlatBuffer, build_mlp, module_from_numpy, module_to_numpy
 from hpcql.dqn.nstep import NStepAccumulator
+from hpcql.dqn.numpy_adam import NumpyAdam
+from hpcql.dqn.numpy_mlp import Batch, NumpyMLP
 from hpcql.dqn.replay import ReplayShard
 
 STATE_VERSION = 2  # 2: the optimizer holds one flat parameter
@@ -60,6 +62,13 @@ class ReplicaTrainer:
         # one flat parameter, fused: one kernel per step; clipping and zero_grad also touch one
         # tensor (no measurable change in update time on a 2-core CPU at [256, 256])
         self.optimizer = torch.optim.Adam([self.flat.param], lr=algo.lr, fused=True)
+        self.engine = "numpy" if device.type == "cpu" and algo.engine in ("auto", "numpy") else "torch"
+        if self.engine == "numpy":  # numpy views of the same memory (see numpy_mlp)
+            self.np_net = NumpyMLP(obs_dim, num_actions, algo.hidden)
+            self.np_online = self.np_net.layers(self.flat.param.data.numpy())
+            self.np_target = self.np_net.layers(self.target_flat.param.data.numpy())
+            self.np_grads = self.np_net.layers(self.flat.array)
+            self.np_adam = NumpyAdam(self.optimizer, self.flat.param)
         self.replay = ReplayShard(algo.buffer_size, obs_dim)
         self.nstep = NStepAccumulator(env_cfg.num_envs, algo.n_step, gamma, obs_dim)
         self.rng = np.random.default_rng(seed + rank)
@@ -77,6 +86,8 @@ class ReplicaTrainer:
     @torch.no_grad()
     def greedy(self, obs: np.ndarray) -> np.ndarray:
         """Greedy actions for a batch of observations."""
+        if self.engine == "numpy":
+            return self.np_net.greedy(self.np_online, obs)
         q = self.q(torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(len(obs), -1))
         return q.argmax(dim=1).cpu().numpy()
 
@@ -105,6 +116,12 @@ class ReplicaTrainer:
     def compute_grads(self) -> np.ndarray:
         """Double-DQN n-step Huber loss on a local minibatch; the gradient lands in ``flat.array``."""
         b = self.replay.sample(self.rng, self.algo.batch_size)
+        if self.engine == "numpy":
+            loss = self.np_net.td_grads(self.np_online, self.np_target, Batch(**b), self.np_grads,
+                                        self.algo.double_dqn, self.algo.huber_delta)
+            self.loss_sum += loss
+            self.loss_count += 1
+            return self.flat.array
         t = {k: torch.as_tensor(v, device=self.device) for k, v in b.items()}
         q = self.q(t["obs"]).gather(1, t["action"].unsqueeze(1)).squeeze(1)
         with torch.no_grad():
@@ -126,7 +143,10 @@ class ReplicaTrainer:
         """Clip and apply an (averaged) flat gradient; refresh the target network on schedule."""
         self.flat.scatter_grads(flat)
         self.flat.clip_grads(self.algo.max_grad_norm)
-        self.optimizer.step()
+        if self.engine == "numpy":
+            self.np_adam.step()
+        else:
+            self.optimizer.step()
         self.updates += 1
         if self.updates % self.algo.target_update_every == 0:
             self.sync_target()
@@ -170,13 +190,19 @@ class ReplicaTrainer:
             "rng": rng_state,
         }
 
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        """Load an optimizer ``state_dict`` (numpy arrays), whichever engine saved it."""
+        self.optimizer.load_state_dict(_to_torch(state))
+        if self.engine == "numpy":
+            self.np_adam.bind()  # loading replaced the state tensors
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict()`` output exactly."""
         if int(state["version"]) != STATE_VERSION:
             raise ValueError(f"trainer state version {state['version']} != {STATE_VERSION}")
         module_from_numpy(self.q, state["q"])
         module_from_numpy(self.target, state["target"])
-        self.optimizer.load_state_dict(_to_torch(state["optimizer"]))
+        self.load_optimizer_state(state["optimizer"])
         self.replay.load_state_dict(state["replay"])
         self.nstep.load_state_dict(state["nstep"])
         c = state["counters"]
