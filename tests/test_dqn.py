@@ -78,6 +78,19 @@ def test_nstep_returns_and_episode_end() -> None:
     assert linear_epsilon(0, 1.0, 0.1, 10) == 1.0 and linear_epsilon(20, 1.0, 0.1, 10) == pytest.approx(0.1)
 
 
+def test_one_step_fast_path_equals_the_window_path() -> None:
+    """n = 1 takes a vectorised path; it emits exactly what the general window code emits."""
+    rng = np.random.default_rng(0)
+    fast, slow = NStepAccumulator(3, 1, 0.9, 2), NStepAccumulator(3, 1, 0.9, 2)
+    for _ in range(8):
+        args = (rng.normal(size=(3, 2)), rng.integers(0, 2, 3), rng.normal(size=3), rng.normal(size=(3, 2)),
+                rng.random(3) < 0.3, rng.random(3) < 0.2)
+        got, want = fast.push(*args), slow._push_window(*args)
+        assert got.keys() == want.keys()
+        for k in got:
+            assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), k
+
+
 def test_replay_ring_buffer_and_state() -> None:
     r = ReplayShard(5, 2)
     batch = {"obs": np.arange(14.0).reshape(7, 2), "action": np.arange(7), "ret": np.ones(7),

@@ -26,6 +26,25 @@ class NStepAccumulator:
     def push(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray,
              terminated: np.ndarray, truncated: np.ndarray) -> dict[str, np.ndarray]:
         """Record one vector step; returns the transitions it completes."""
+        if self.n == 1:  # every step completes one transition per env: no window, no Python loop
+            return self._push_one_step(obs, action, reward, next_obs, terminated)
+        return self._push_window(obs, action, reward, next_obs, terminated, truncated)
+
+    def _push_one_step(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray,
+                       terminated: np.ndarray) -> dict[str, np.ndarray]:
+        """n = 1, vectorised: exactly what ``_push_window`` emits for a window of one."""
+        return {
+            "obs": np.array(obs, dtype=np.float32).reshape(len(action), -1),
+            "action": np.array(action, dtype=np.int64),
+            "ret": np.asarray(reward, dtype=np.float64).astype(np.float32),
+            "next_obs": np.array(next_obs, dtype=np.float32).reshape(len(action), -1),
+            "done": np.asarray(terminated, dtype=np.float32),
+            "discount": np.full(len(action), self.powers[1], dtype=np.float32),
+        }
+
+    def _push_window(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray,
+                     terminated: np.ndarray, truncated: np.ndarray) -> dict[str, np.ndarray]:
+        """The general path: per-env windows, flushed at episode ends."""
         out: dict[str, list] = {k: [] for k in ("obs", "action", "ret", "next_obs", "done", "discount")}
         for e in range(len(action)):
             c = self.count[e]
