@@ -7,6 +7,7 @@ in the same order. ``check_replicas`` proves it periodically.
 from __future__ import annotations
 
 import time
+from array import array
 from collections import deque
 from typing import Any, Iterator
 
@@ -19,19 +20,35 @@ from hpcql.timing import PhaseTimer
 
 
 class SyncAllreduce:
-    """Average a flat gradient with one blocking ``Allreduce`` (timed as ``exchange``)."""
+    """Average a flat gradient with one blocking ``Allreduce`` (timed as ``exchange``).
+
+    Every call's duration is kept (8 bytes per update): a rank's time in a blocking
+    Allreduce is the transfer itself plus waiting for the last replica to arrive, and
+    the last one to arrive waits for nobody. ``transfer_seconds`` sums, over the calls,
+    the shortest time any rank spent in it: the communication proper, without the skew.
+    """
 
     def __init__(self, comm: MPI.Comm, timer: PhaseTimer) -> None:
         self.comm, self.timer = comm, timer
         self.staleness: list[int] = []
+        self.calls = array("d")
 
     def average(self, flat: np.ndarray) -> np.ndarray:
         if self.comm.size > 1:
             t0 = time.perf_counter()
             self.comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
             flat /= self.comm.size
-            self.timer.add("exchange", time.perf_counter() - t0)
+            dt = time.perf_counter() - t0
+            self.timer.add("exchange", dt)
+            self.calls.append(dt)
         return flat
+
+    def transfer_seconds(self) -> float:
+        """Sum over calls of the minimum time over ranks (collective; every rank made the same calls)."""
+        local = np.frombuffer(self.calls, dtype=np.float64) if len(self.calls) else np.zeros(0)
+        low = np.empty_like(local)
+        self.comm.Allreduce(local, low, op=MPI.MIN)
+        return float(low.sum())
 
 
 class OverlapAllreduce:

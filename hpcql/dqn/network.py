@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 import torch
@@ -51,16 +52,18 @@ class FlatBuffer:
             for grad, p in zip(self._views(self.param.grad), params):
                 p.grad = grad.view_as(p)  # backward accumulates into this view in place
         self.array = self.param.grad.numpy() if grads and self.on_host else np.zeros(self.size, dtype=np.float32)
+        self.host_params = self.param.data.numpy() if self.on_host else None
 
     def _views(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         return list(torch.split(tensor, self.sizes))
 
     @staticmethod
-    def _copy(dst: torch.Tensor, src: np.ndarray) -> None:
-        """``dst[...] = src`` unless they already are the same memory."""
-        if dst.device.type == "cpu" and dst.numpy().__array_interface__["data"][0] == src.__array_interface__["data"][0]:
-            return
-        dst.copy_(torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32)))
+    def _copy(dst: torch.Tensor, host: np.ndarray | None, src: np.ndarray) -> None:
+        """``dst[...] = src``; ``host`` is ``dst``'s numpy view on the CPU (then a plain copy, or none if ``src`` is it)."""
+        if host is None:
+            dst.copy_(torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32)))
+        elif src is not host:
+            host[...] = src
 
     def gather_grads(self) -> np.ndarray:
         """The gradient as a host array (``array``; a view of the live gradient on the CPU)."""
@@ -70,7 +73,7 @@ class FlatBuffer:
 
     def scatter_grads(self, flat: np.ndarray) -> None:
         """Make ``flat`` the gradient the optimizer applies."""
-        self._copy(self.param.grad, flat)
+        self._copy(self.param.grad, self.array if self.on_host else None, flat)
 
     def clip_grads(self, max_norm: float) -> float:
         """Scale the gradient to global L2 norm ``max_norm`` when it is larger; returns the norm before.
@@ -78,10 +81,16 @@ class FlatBuffer:
         ``clip_grad_norm_``'s rule (coefficient ``max_norm / (norm + 1e-6)``) in two ops on the
         flat gradient: a tenth of its time on a CPU, where its per-call overhead dominates.
         """
-        norm = float(torch.linalg.vector_norm(self.param.grad))
+        if self.on_host:  # numpy: a fifth of torch's per-call time
+            norm = math.sqrt(float(np.dot(self.array, self.array)))
+        else:
+            norm = float(torch.linalg.vector_norm(self.param.grad))
         coef = max_norm / (norm + 1e-6)
         if coef < 1.0:
-            self.param.grad.mul_(coef)
+            if self.on_host:
+                self.array *= np.float32(coef)
+            else:
+                self.param.grad.mul_(coef)
         return norm
 
     def gather_params(self, out: np.ndarray | None = None) -> np.ndarray:
@@ -95,7 +104,7 @@ class FlatBuffer:
     def scatter_params(self, flat: np.ndarray) -> None:
         """Write ``flat`` into the parameters."""
         with torch.no_grad():
-            self._copy(self.param.data, flat)
+            self._copy(self.param.data, self.host_params, flat)
 
 
 def param_checksum(module: nn.Module) -> tuple[float, str]:

@@ -91,7 +91,7 @@ class NumpyMLP:
         y = b.ret + b.discount * (1.0 - b.done) * next_q
         d = q_both[rows, b.action] - y
         ad = np.abs(d)
-        loss = float(np.where(ad < delta, 0.5 * d * d, delta * (ad - 0.5 * delta)).mean())
+        loss = float(np.where(ad < delta, 0.5 * d * d, delta * (ad - 0.5 * delta)).sum()) / n
         dz = np.zeros((n, self.dims[-1]), dtype=np.float32)
         dz[rows, b.action] = np.clip(d, -delta, delta) / np.float32(n)
         for i in range(len(online) - 1, -1, -1):

@@ -45,18 +45,21 @@ def broadcast_params(comm: MPI.Comm, trainer: ReplicaTrainer) -> None:
 
 
 def summarize(console: Console, loop: DQNLoop, phases: dict[str, dict[str, float]], staleness: list[int],
-              wall: float, path: Path) -> dict[str, float]:
+              transfer: float | None, wall: float, path: Path) -> dict[str, float]:
     """Final lines on rank 0; returns the summary numbers stored as attributes."""
     algo: DQNAlgo = loop.algo
     last = loop.curve[-1]
     mean = lambda p: phases.get(p, {}).get("mean", 0.0)  # noqa: E731
     comm_s = mean("exchange") + mean("wait")
-    comm_fraction = comm_s / max(mean("compute") + comm_s, 1e-12)
+    update_s = max(mean("compute") + comm_s, 1e-12)
+    comm_fraction = comm_s / update_s
     stats = {
         "final_eval_mean": last["eval_return_mean"],
         "env_steps": int(last["env_steps"]),
         "updates": int(last["updates"]),
         "comm_fraction": comm_fraction,
+        # sync: the Allreduce calls' transfer proper (each call's fastest rank), without waiting for a slower replica
+        "transfer_fraction": transfer / update_s if transfer is not None else -1.0,
         "staleness_mean": float(np.mean(staleness)) if staleness else 0.0,
         "staleness_max": int(np.max(staleness)) if staleness else 0,
     }
@@ -67,7 +70,9 @@ def summarize(console: Console, loop: DQNLoop, phases: dict[str, dict[str, float
         console.info(f"NOT solved: eval mean {last['eval_return_mean']:.1f} < {algo.target_return:g} "
                      f"after {last['env_steps']:,} env steps")
     console.info(f"{stats['env_steps']:,} env steps, {stats['updates']:,} updates, {wall:.1f} s wall; "
-                 f"communication {100 * comm_fraction:.1f}% of update time")
+                 f"communication {100 * comm_fraction:.1f}% of update time"
+                 + (f" (transfer {100 * transfer / update_s:.1f}%, the rest waiting for the slower replica)"
+                    if transfer is not None and loop.comm.size > 1 else ""))
     if loop.scheme != "sync":
         console.info(f"staleness seen ({loop.scheme}): mean {stats['staleness_mean']:.2f}, "
                      f"max {stats['staleness_max']} updates over {len(staleness)} gradients")
@@ -103,13 +108,14 @@ def run_dqn(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
     loop.run(control)
     control.close()
     staleness = loop.staleness()
+    transfer = loop.exchange.transfer_seconds() if scheme == "sync" else None
     wall = time.perf_counter() - t0
     phases = timer.aggregate(comm)
     path = result_path(cfg)
     out = Path(cfg.run.out_dir)
     attrs = common_attrs(cfg, comm, wall, phases)
     if comm.rank == 0:
-        stats = summarize(console, loop, phases, staleness, wall, path)
+        stats = summarize(console, loop, phases, staleness, transfer, wall, path)
         attrs |= stats | {
             "iterations": stats["updates"], "gamma": gamma, "env_id": cfg.env.id, "obs_dim": obs_dim,
             "num_actions": num_actions, "hidden": list(algo.hidden), "scheme": scheme,
