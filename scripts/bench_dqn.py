@@ -5,7 +5,8 @@ In one run, for several seeds: SB3 DQN, then hpcql at each rank count in sync, a
 and async/parameter-server modes, each until the greedy evaluation mean over 20 episodes
 reaches 475 (checked every --eval-every env steps) or --budget env steps are spent. Prints a
 table of median time-to-solve and env-steps-to-solve, the fraction of hpcql's update time
-spent communicating, and writes everything as JSON.
+spent communicating (in sync mode also the transfer proper: each Allreduce's fastest rank, i.e.
+without waiting for the slower replica), and writes everything as JSON.
 
     python scripts/bench_dqn.py --seeds 2 --budget 80000 --ranks 1,2 --json bench_dqn.json
 """
@@ -117,7 +118,9 @@ def run_hpcql(seed: int, budget: int, eval_every: int, ranks: int, mode: str, sc
             solved = bool(a["solved"])
             return {"solved": solved, "steps": int(a["steps_to_solve"]) if solved else None,
                     "seconds": float(a["seconds_to_solve"]) if solved else None, "wall": wall,
-                    "comm_fraction": float(a["comm_fraction"]), "staleness_mean": float(a["staleness_mean"]),
+                    "comm_fraction": float(a["comm_fraction"]),
+                    "transfer_fraction": float(a["transfer_fraction"]) if "transfer_fraction" in a else None,
+                    "staleness_mean": float(a["staleness_mean"]),
                     "staleness_max": int(a["staleness_max"])}
 
 
@@ -164,14 +167,19 @@ def main() -> int:
             print(f"seed {seed} {name}: solved={res['solved']} steps={res['steps']} "
                   f"seconds={res['seconds'] and round(res['seconds'], 1)} wall={res['wall']:.1f}", flush=True)
 
-    header = ["variant", "solved", "median s to solve", "median env steps", "comm fraction"]
+    header = ["variant", "solved", "median s to solve", "x sb3", "median env steps", "comm fraction",
+              "transfer (sync)"]
     rows = []
+    sb3_s = median([r["seconds"] for r in results.get("sb3-dqn (zoo)", [])])
+    pct = lambda v: f"{100 * v:.1f}%" if v is not None and v >= 0 else "-"  # noqa: E731
     for name, runs in results.items():
         s = median([r["seconds"] for r in runs])
         n = median([r["steps"] for r in runs])
         c = median([r.get("comm_fraction") for r in runs])
+        tr = median([r.get("transfer_fraction") for r in runs])
         rows.append([name, f"{sum(r['solved'] for r in runs)}/{len(runs)}", f"{s:.1f}" if s is not None else "-",
-                     f"{n:,.0f}" if n is not None else "-", f"{100 * c:.1f}%" if c is not None else "-"])
+                     f"{sb3_s / s:.2f}" if s and sb3_s else "-", f"{n:,.0f}" if n is not None else "-", pct(c),
+                     pct(tr)])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     print(f"\nCartPole-v1 to greedy mean >= {TARGET:g} over {EVAL_EPISODES} episodes "
           f"(seeds {args.seeds}, budget {args.budget:,}, {os.cpu_count()} CPUs; medians over solved runs)")

@@ -99,8 +99,8 @@ class DQNLoop:
                 grad = self.trainer.compute_grads()
             self._apply(self.exchange.average(grad))
         elif self.scheme == "overlap":
-            with self.timer.phase("compute"):
-                grad = self.trainer.compute_grads()
+            with self.timer.phase("compute"):  # MPI advances the pending reductions midway (poll)
+                grad = self.trainer.compute_grads(self.exchange.poll)
             self.exchange.start(grad, self.trainer.updates)
             for avg in self.exchange.ready(self.trainer.updates):
                 self._apply(avg)

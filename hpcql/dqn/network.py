@@ -59,7 +59,7 @@ class FlatBuffer:
 
     @staticmethod
     def _copy(dst: torch.Tensor, host: np.ndarray | None, src: np.ndarray) -> None:
-        """``dst[...] = src``; ``host`` is ``dst``'s numpy view on the CPU (then a plain copy, or none if ``src`` is it)."""
+        """``dst[...] = src``; ``host``: ``dst``'s numpy view on the CPU (a plain copy; none if ``src`` is it)."""
         if host is None:
             dst.copy_(torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32)))
         elif src is not host:

@@ -13,7 +13,7 @@ autograd's up to float32 rounding (tests/test_dqn.py checks them against autogra
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -71,12 +71,13 @@ class NumpyMLP:
         return self.forward(layers, x).argmax(axis=1)
 
     def td_grads(self, online: list[Layer], target: list[Layer], b: Batch, grads: list[Layer],
-                 double_dqn: bool, delta: float) -> float:
+                 double_dqn: bool, delta: float, progress: Callable[[], None] | None = None) -> float:
         """Mean Huber loss of the (Double) DQN n-step TD error; its gradient is written into ``grads``.
 
         Targets ``ret + discount * (1 - done) * Q_target(next_obs, a*)``, with ``a*`` the
         online network's greedy action (Double DQN) or the target's own; no gradient flows
-        through them.
+        through them. ``progress`` (if given) is called between the forward and backward passes
+        (the overlap scheme lets MPI advance its pending reductions there).
         """
         n = len(b.action)
         rows = np.arange(n)
@@ -84,6 +85,8 @@ class NumpyMLP:
         acts = [x]
         q_both = self.forward(online, x, acts)  # online Q of obs and next_obs in one pass
         q_next_target = self.forward(target, x[n:])
+        if progress is not None:
+            progress()
         if double_dqn:
             next_q = q_next_target[rows, q_both[n:].argmax(axis=1)]
         else:

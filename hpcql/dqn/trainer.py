@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -113,12 +113,15 @@ class ReplicaTrainer:
         self.vec_steps += 1
 
     # ------------------------------------------------------------------ learning
-    def compute_grads(self) -> np.ndarray:
-        """Double-DQN n-step Huber loss on a local minibatch; the gradient lands in ``flat.array``."""
+    def compute_grads(self, progress: Callable[[], None] | None = None) -> np.ndarray:
+        """Double-DQN n-step Huber loss on a local minibatch; the gradient lands in ``flat.array``.
+
+        ``progress`` is called midway (before the backward pass): the overlap scheme's MPI progress.
+        """
         b = self.replay.sample(self.rng, self.algo.batch_size)
         if self.engine == "numpy":
             loss = self.np_net.td_grads(self.np_online, self.np_target, Batch(**b), self.np_grads,
-                                        self.algo.double_dqn, self.algo.huber_delta)
+                                        self.algo.double_dqn, self.algo.huber_delta, progress)
             self.loss_sum += loss
             self.loss_count += 1
             return self.flat.array
@@ -133,6 +136,8 @@ class ReplicaTrainer:
                 next_q = next_target.max(dim=1).values
             y = t["ret"] + t["discount"] * (1.0 - t["done"]) * next_q
         loss = nn.functional.huber_loss(q, y, delta=self.algo.huber_delta)
+        if progress is not None:
+            progress()
         self.optimizer.zero_grad(set_to_none=False)
         loss.backward()
         self.loss_sum += float(loss.item())
