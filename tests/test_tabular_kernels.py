@@ -32,6 +32,10 @@ def test_fixed_width_and_csr_kernels_match_scipy(name):
     policy = np.random.default_rng(2).integers(0, A, S)
     rows = np.arange(S) * A + policy
     pol_ref = sh.rewards[np.arange(S), policy] + GAMMA * (P[rows] @ v)
+    gs_ref, pgs_ref = v.copy(), v.copy()  # backward Gauss-Seidel, one state at a time with scipy rows
+    for state in range(S - 1, -1, -1):
+        gs_ref[state] = (sh.rewards[state] + GAMMA * (P[state * A:(state + 1) * A] @ gs_ref)).max()
+        pgs_ref[state] = sh.rewards[state, policy[state]] + GAMMA * (P[rows[state]] @ pgs_ref)[0]
     outputs = []
     for k in (kernels_for(width), kernels_for(0)):
         v_out, greedy = np.empty(S), np.empty(S, dtype=np.int64)
@@ -58,6 +62,10 @@ def test_fixed_width_and_csr_kernels_match_scipy(name):
         # Gauss-Seidel, backwards: in place
         gs = v.copy()
         k.bellman_sweep(sh.indptr, cols, sh.probs, sh.rewards, gs, gs, GAMMA, greedy, True)
+        np.testing.assert_allclose(gs, gs_ref, rtol=1e-13)
+        pgs = v.copy()
+        k.policy_sweep(sh.indptr, cols, sh.probs, sh.rewards, pgs, pgs, GAMMA, policy, True)
+        np.testing.assert_allclose(pgs, pgs_ref, rtol=1e-13)
         outputs.append((v_out, q, pv, y, gs))
     for fixed, general in zip(*outputs):  # same summation order: bitwise equal
         assert fixed.tobytes() == general.tobytes()

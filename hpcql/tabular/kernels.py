@@ -67,6 +67,22 @@ def kernels_for(width: int) -> Kernels:
     if not 0 <= width <= MAX_WIDTH:
         raise ValueError(f"row width {width} outside 0..{MAX_WIDTH}")
 
+    @njit(cache=True, nogil=True, boundscheck=False, inline="always")
+    def bellman_state(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, s):
+        """Bellman update of state ``s`` into ``v_out`` / ``policy_out``; returns the signed change."""
+        num_actions = rewards.shape[1]
+        best = -np.inf
+        arg = 0
+        for a in range(num_actions):
+            q = rewards[s, a] + gamma * _row_dot(indptr, cols, probs, v_ext, s * num_actions + a, width)
+            if q > best:
+                best = q
+                arg = a
+        diff = best - v_ext[s]
+        v_out[s] = best
+        policy_out[s] = arg
+        return diff
+
     @njit(cache=True, nogil=True, boundscheck=False)
     def bellman_sweep_range(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, reverse=False):
         """V_out[s] = max_a r(s,a) + gamma * sum_j P(j|s,a) v_ext[j] for the local rows.
@@ -75,25 +91,17 @@ def kernels_for(width: int) -> Kernels:
         span stopping rule) and stores the greedy action (lowest index on ties) in
         ``policy_out``.
         """
-        n_local, num_actions = rewards.shape
+        n_local = rewards.shape[0]
         lo = np.inf
         hi = -np.inf
-        for i in range(n_local):
-            s = n_local - 1 - i if reverse else i
-            best = -np.inf
-            arg = 0
-            for a in range(num_actions):
-                q = rewards[s, a] + gamma * _row_dot(indptr, cols, probs, v_ext, s * num_actions + a, width)
-                if q > best:
-                    best = q
-                    arg = a
-            diff = best - v_ext[s]
-            if diff < lo:
-                lo = diff
-            if diff > hi:
-                hi = diff
-            v_out[s] = best
-            policy_out[s] = arg
+        if reverse:  # two loops, not a direction test per state: the loop body stays branch-free
+            for s in range(n_local - 1, -1, -1):
+                diff = bellman_state(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, s)
+                lo, hi = min(lo, diff), max(hi, diff)
+        else:
+            for s in range(n_local):
+                diff = bellman_state(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, s)
+                lo, hi = min(lo, diff), max(hi, diff)
         return lo, hi
 
     @njit(cache=True, nogil=True, boundscheck=False)
@@ -102,19 +110,25 @@ def kernels_for(width: int) -> Kernels:
         lo, hi = bellman_sweep_range(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, reverse)
         return max(hi, -lo, 0.0)
 
+    @njit(cache=True, nogil=True, boundscheck=False, inline="always")
+    def policy_state(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy, s):
+        """Evaluation update of state ``s`` under ``policy`` into ``v_out``; returns |change|."""
+        a = policy[s]
+        val = rewards[s, a] + gamma * _row_dot(indptr, cols, probs, v_ext, s * rewards.shape[1] + a, width)
+        v_out[s] = val
+        return abs(val - v_ext[s])
+
     @njit(cache=True, nogil=True, boundscheck=False)
     def policy_sweep(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy, reverse=False):
         """One evaluation sweep of a fixed policy: V_out = r^pi + gamma P^pi v_ext; max |change|."""
-        n_local, num_actions = rewards.shape
+        n_local = rewards.shape[0]
         residual = 0.0
-        for i in range(n_local):
-            s = n_local - 1 - i if reverse else i
-            val = rewards[s, policy[s]] + gamma * _row_dot(indptr, cols, probs, v_ext, s * num_actions + policy[s],
-                                                           width)
-            diff = abs(val - v_ext[s])
-            if diff > residual:
-                residual = diff
-            v_out[s] = val
+        if reverse:  # as in bellman_sweep_range: no direction test per state
+            for s in range(n_local - 1, -1, -1):
+                residual = max(residual, policy_state(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy, s))
+        else:
+            for s in range(n_local):
+                residual = max(residual, policy_state(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy, s))
         return residual
 
     @njit(cache=True, nogil=True, boundscheck=False)
