@@ -32,6 +32,9 @@ def test_set_overrides_and_types(tmp_path):
         ('[checkpoint]\nkeep = 0\n', "[checkpoint] keep"),
         ('[run\nname = 1\n', "TOML syntax error"),
         ('[env]\nkind = "mdp-file"\n', "[env] path: Field required"),
+        ('[env]\nkind = "gymnasium"\nid = "CartPole-v1"\n[algo]\nname = "dqn"\nengine = "numpy"\ndevice = "cuda"\n',
+         "[algo]: Value error, engine = 'numpy' computes on the CPU"),
+        ('[env]\nkind = "gymnasium"\nid = "CartPole-v1"\n[algo]\nname = "dqn"\nengine = "jax"\n', "[algo] engine"),
     ],
 )
 def test_bad_configs_name_the_key(tmp_path, text, expected):
