@@ -267,6 +267,9 @@ def test_sync_replicas_identical_and_deterministic(tmp_path: Path) -> None:
         with h5py.File(tmp_path / name / "result.h5", "r") as f:
             assert f.attrs["format"] == "hpcql-result" and f.attrs["ranks"] == 2 and f.attrs["global_batch"] == 64
             assert f["eval/returns"].shape[1] == 20
+            assert f.attrs["engine"] == "numpy"  # the CPU default
+            # the transfer proper (each Allreduce's fastest rank) is part of the time spent in them
+            assert 0.0 < f.attrs["transfer_fraction"] <= f.attrs["comm_fraction"] < 1.0
         assert (tmp_path / name / "learning_curve.csv").read_text().startswith("env_steps,wall_seconds")
         params.append(read_params(tmp_path / name / "result.h5"))
     assert params[0] == params[1]
