@@ -185,7 +185,8 @@ class DQNAlgo(AlgoBase):
     engine: Literal["auto", "numpy", "torch"] = "auto"
     """How a CPU replica computes: numpy (hand-written forward/backward and Adam on the torch
     module's own memory; several times faster for small networks) or torch (autograd).
-    auto: numpy on the CPU, torch on a GPU; a GPU always computes with torch."""
+    auto: numpy on the CPU, torch on a GPU. numpy keeps the replica on the CPU whatever the
+    GPUs (device = "cuda" with it is a config error)."""
     diverge_rank: int = -1
     """Debug: perturb this rank's replica (tests the replica check); -1 disables."""
     diverge_at_update: Annotated[int, Field(ge=0)] = 0

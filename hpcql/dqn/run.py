@@ -71,7 +71,7 @@ def summarize(console: Console, loop: DQNLoop, phases: dict[str, dict[str, float
                      f"after {last['env_steps']:,} env steps")
     console.info(f"{stats['env_steps']:,} env steps, {stats['updates']:,} updates, {wall:.1f} s wall; "
                  f"communication {100 * comm_fraction:.1f}% of update time"
-                 + (f" (transfer {100 * transfer / update_s:.1f}%, the rest waiting for the slower replica)"
+                 + (f" (transfer {100 * stats['transfer_fraction']:.1f}%, the rest waiting for the slower replica)"
                     if transfer is not None and loop.comm.size > 1 else ""))
     if loop.scheme != "sync":
         console.info(f"staleness seen ({loop.scheme}): mean {stats['staleness_mean']:.2f}, "
