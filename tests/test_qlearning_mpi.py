@@ -46,9 +46,10 @@ def relative_gap(P, R, v_star, policy, start=0, gamma=0.99) -> float:
 @pytest.mark.parametrize("ranks", [1, 2, 4])
 def test_frozenlake_8x8_within_one_percent(tmp_path, frozenlake_model, ranks, mode):
     P, R, v_star = frozenlake_model
-    # 4 ranks: 4096 agents share the updates. With outcome rewards, 4M updates missed 1% once
-    # (2.6%, seed 0, 1 rank); 8M gave <= 0.04% over seeds 0-2 (1 rank) and 16M <= 0.04% at 4 ranks
-    budget = 16_000_000 if ranks == 4 else 8_000_000
+    # With outcome rewards, 4M updates missed 1% once (2.6%, seed 0, 1 rank). Async runs are not
+    # reproducible (boundary values arrive when they arrive): at 8M, 2-rank async gave <= 0.5% in 16
+    # runs but 1.05% once in CI, so every case gets 16M (<= 0.04% seen; about as fast, start-up dominates)
+    budget = 16_000_000
     r = run_ql(tmp_path, f"fl-{ranks}-{mode}", FROZEN, ranks,
                f'mode = "{mode}"\ngamma = 0.99\nbudget_updates = {budget}\neval_points = 2')
     gap = relative_gap(P, R, v_star, r["policy"])
