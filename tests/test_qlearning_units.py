@@ -8,6 +8,7 @@ from mpi4py import MPI
 
 from hpcql.config import parse_config
 from hpcql.qlearning.agents import Agents, split_migrants
+from hpcql.qlearning.async_loop import steps_per_agent
 from hpcql.qlearning.learner import Learner, absorbing_states
 from hpcql.qlearning.rng import seed_key, uniform_array
 from hpcql.qlearning.schedules import epsilon_at
@@ -60,6 +61,18 @@ def test_single_shard_learns_small_gridworld_and_agents_stay_put():
     assert len(lr.agents) == 64 and lr.updates > 500_000
     # values reach the start corner (V*(0) is about 0.9); noise may overshoot a little
     assert 0.85 < lr.q.max() < 1.1 and lr.q[0].max() > 0.8
+
+
+def test_async_work_quantum_keeps_a_rank_with_few_agents_busy():
+    assert steps_per_agent(16, 64, 64) == 16 and steps_per_agent(16, 64, 500) == 16
+    assert steps_per_agent(16, 64, 4) == 256 and steps_per_agent(16, 64, 3) == 342  # ceil(1024 / 3)
+    assert steps_per_agent(16, 64, 0) == 1024
+    lr = _learner({"kind": "gridworld", "rows": 30, "cols": 30, "slip": 0.1}, agents_per_rank=64,
+                  max_episode_steps=100_000)
+    lr.agents = lr.agents.keep(np.arange(64) < 4)
+    lr.advance(steps_per_agent(16, 64, len(lr.agents)), 1.0)
+    # 4 agents x 256 steps, less the first restart of each (a step that is not an update)
+    assert lr.updates == 4 * 255
 
 
 def test_state_dict_round_trip_resumes_bitwise():

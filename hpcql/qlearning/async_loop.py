@@ -100,6 +100,21 @@ class AsyncChannels:
         self.comm.Free()
 
 
+def steps_per_agent(exchange_every: int, agents_per_rank: int, local_agents: int) -> int:
+    """Steps each local agent may take this iteration: a work quantum of about
+    ``exchange_every * agents_per_rank`` updates, whatever the rank holds right now.
+
+    Without it a rank that holds few agents runs short iterations whose MPI calls cost more
+    than their updates. In async mode, agents crossing a shard boundary in either direction
+    go at rates set by each rank's throughput, not by its agent count, so the split of the
+    agents between ranks drifts freely (a 2-rank random walk sat at 20 of 2048 agents for
+    hundreds of iterations); the quantum keeps such a rank busy instead of mostly exchanging.
+    """
+    if local_agents >= agents_per_rank:
+        return exchange_every
+    return -(-exchange_every * agents_per_rank // max(local_agents, 1))
+
+
 def run_async(learner: Learner, monitor: Monitor, evaluator: Evaluator | None, timer: PhaseTimer,
               faults: FaultInjector, control: QLearningControl | None = None,
               start_totals: np.ndarray | None = None) -> np.ndarray:
@@ -132,7 +147,9 @@ def run_async(learner: Learner, monitor: Monitor, evaluator: Evaluator | None, t
                 if len(learner.agents):
                     est = agreed_updates + (learner.updates - updates_then) * size
                     progress = monitor.progress(np.where(np.arange(len(totals)) == T["updates"], est, totals))
-                    records, counts = learner.advance(steps, monitor.epsilon_for(progress))
+                    records, counts = learner.advance(steps_per_agent(steps, learner.algo.agents_per_rank,
+                                                                      len(learner.agents)),
+                                                      monitor.epsilon_for(progress))
                 else:
                     records, counts = None, None
             with timer.phase("exchange"):

@@ -70,6 +70,7 @@ def run_qlearning(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
     policy = np.argmax(q, axis=1).astype(np.int64) if q.size else np.zeros(0, dtype=np.int64)
     v = q.max(axis=1) if q.size else np.zeros(0)
     per_rank_updates = np.array(comm.allgather(learner.updates), dtype=np.int64)
+    per_rank_rounds = np.array(comm.allgather(learner.rounds), dtype=np.int64)
     wall = time.perf_counter() - t0
     phases = timer.aggregate(comm)
     attrs = common_attrs(cfg, comm, wall, phases) | {
@@ -80,6 +81,7 @@ def run_qlearning(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
         "num_actions": problem.shard.num_actions,
         "updates": int(totals[T["updates"]]),
         "updates_per_rank": per_rank_updates,
+        "rounds_per_rank": per_rank_rounds,
         "migrated": int(totals[T["moved"]]),
         "agents": int(learner.total_agents),
         "agents_final": int(totals[T["agents"]]),
