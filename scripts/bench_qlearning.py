@@ -125,6 +125,11 @@ def hpcql_pair(rows: int, cols: int, budget: int, mode: str, tmp: Path, uniform:
             "gap_start": max(p["gap_start"] for p in parts)}
 
 
+def base_kind(kind: str) -> str:
+    """The 1-rank kind a kind's efficiency is taken against (``-u`` rows against ``base-u``)."""
+    return "base-u" if kind.endswith("-u") else "base"
+
+
 def paired_efficiencies(all_runs: list[dict]) -> dict[tuple[str, str], list[float]]:
     """Per (mode, kind), each repeat's per-rank rate over the same repeat's 1-rank base rate.
 
@@ -133,8 +138,7 @@ def paired_efficiencies(all_runs: list[dict]) -> dict[tuple[str, str], list[floa
     """
     out: dict[tuple[str, str], list[float]] = {}
     for r in all_runs:
-        ref = "base-u" if r["kind"].endswith("-u") else "base"
-        one = next((b for b in all_runs if b["mode"] == r["mode"] and b["kind"] == ref
+        one = next((b for b in all_runs if b["mode"] == r["mode"] and b["kind"] == base_kind(r["kind"])
                     and b["repeat"] == r["repeat"]), None)
         if one is not None:
             out.setdefault((r["mode"], r["kind"]), []).append(r["updates_per_s_per_rank"] / one["updates_per_s_per_rank"])
@@ -192,8 +196,7 @@ def main() -> None:
           f"{'eff':>6} {'eff med':>8} {'migrated':>10} {'busiest rank':>12}")
     for mode in modes:
         for r in (x for x in results["runs"] if x["mode"] == mode):
-            one = next((b for b in results["runs"] if b["mode"] == mode
-                        and b["kind"] == ("base-u" if r["kind"].endswith("-u") else "base")), None)
+            one = next((b for b in results["runs"] if b["mode"] == mode and b["kind"] == base_kind(r["kind"])), None)
             r["speedup_vs_numpy_per_rank"] = r["updates_per_s_per_rank"] / base
             r["efficiency"] = r["updates_per_s_per_rank"] / one["updates_per_s_per_rank"] if one else float("nan")
             r["busiest_rank_share"] = max(r["updates_per_rank"]) / max(1, sum(r["updates_per_rank"]))
