@@ -85,6 +85,16 @@ class Checkpoint:
         with h5py.File(self.path, "r") as f:
             return np.asarray(f[name][row_start:row_stop])
 
+    def has(self, name: str) -> bool:
+        """Whether the file holds a dataset ``name``."""
+        with h5py.File(self.path, "r") as f:
+            return name in f
+
+    def offsets(self) -> np.ndarray:
+        """The partition (``shard_offsets``) the sharded datasets were written under."""
+        with h5py.File(self.path, "r") as f:
+            return np.asarray(f["shard_offsets"][()], dtype=np.int64)
+
     def per_rank(self, name: str, rank: int) -> np.ndarray:
         with h5py.File(self.path, "r") as f:
             return np.asarray(f[f"per_rank/{rank}/{name}"][()])

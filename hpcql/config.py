@@ -218,6 +218,11 @@ class QLearningAlgo(AlgoBase):
     """Stop after this much wall time (0: no time budget)."""
     exchange_every: Annotated[int, Field(ge=1, le=1_000_000)] = 16
     """Steps per agent between migrations / ghost max-Q refreshes."""
+    rebalance_every: Annotated[int, Field(ge=0)] = 0
+    """Agreed steps (sync rounds; completed budget reductions in async mode) between load-balance
+    checks, which recut the partition when the busiest rank did more than rebalance_threshold times
+    the mean number of updates since the last check (0: keep the starting partition)."""
+    rebalance_threshold: Annotated[float, Field(ge=1.0)] = 1.1
     epsilon_schedule: Literal["constant", "linear", "exponential"] = "linear"
     epsilon_start: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
     epsilon_end: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1

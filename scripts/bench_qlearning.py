@@ -5,7 +5,8 @@ together, one fancy-indexed update per step) on the same gridworld, run in the
 same invocation. Strong scaling uses the same grid at 1 and 2 ranks; weak
 scaling doubles the grid (rows) and the budget with the ranks. Agents crowd on
 the goal's shard as epsilon decays (the "busiest rank" column shows its share of
-the updates); the ``-u`` rows repeat base/weak with epsilon fixed at 1, where
+the updates); ``strong-b`` / ``weak-b`` repeat strong / weak with load balancing
+(``algo.rebalance_every``), which recuts the shards so each does an equal share; the ``-u`` rows repeat base/weak with epsilon fixed at 1, where
 random-walk agents stay spread out, to show the engine's own scaling cost. The
 ``pair`` row runs two independent 1-rank jobs at the same time: the efficiency
 this machine allows two busy processes at all, the ceiling for any 2-rank row.
@@ -16,7 +17,8 @@ repeats; ``eff med`` is the median over repeats of each repeat's rate over the s
 1-rank rate (the steadier figure when the machine drifts).
 
     python scripts/bench_qlearning.py [--rows 100] [--cols 100] [--budget 20000000] [--repeats 3]
-        [--exchange-every 64] [--modes sync,async] [--kinds base,strong,weak,base-u,weak-u,pair] [--out F]
+        [--exchange-every 64] [--rebalance-every 20] [--modes sync,async]
+        [--kinds base,strong,weak,strong-b,weak-b,base-u,weak-u,pair] [--out F]
 """
 
 from __future__ import annotations
@@ -74,14 +76,16 @@ EXCHANGE_EVERY = 64  # steps per agent between migrations / ghost refreshes (--e
 
 
 def _launch(ranks: int, rows: int, cols: int, budget: int, mode: str, tmp: Path, uniform: bool = False,
-            tag: str = "", exchange_every: int = EXCHANGE_EVERY) -> tuple[subprocess.Popen, Path]:
-    """Start one run; ``uniform``: epsilon stays 1 (random walks), so agents stay spread over all shards."""
-    out = tmp / f"r{ranks}-{rows}x{cols}-{mode}-{'u' if uniform else 'g'}{tag}"
+            tag: str = "", exchange_every: int = EXCHANGE_EVERY, rebalance_every: int = 0
+            ) -> tuple[subprocess.Popen, Path]:
+    """Start one run; ``uniform``: epsilon stays 1 (random walks), so agents stay spread over all shards;
+    ``rebalance_every``: load-balance checks (algo.rebalance_every, 0: fixed partition)."""
+    out = tmp / f"r{ranks}-{rows}x{cols}-{mode}-{'u' if uniform else 'g'}-b{rebalance_every}{tag}"
     cfg = tmp / f"{out.name}.toml"
     cfg.write_text(f'[run]\nout_dir = "{out}"\noverwrite = true\nprogress = "none"\nplots = false\n'
                    f'[env]\nkind = "gridworld"\nrows = {rows}\ncols = {cols}\nslip = 0.1\n'
                    f'[algo]\nname = "q-learning"\nmode = "{mode}"\nbudget_updates = {budget}\neval_points = 0\n'
-                   f'exchange_every = {exchange_every}\n' + ('epsilon_schedule = "constant"\n' if uniform else ''))
+                   f'exchange_every = {exchange_every}\nrebalance_every = {rebalance_every}\n' + ('epsilon_schedule = "constant"\n' if uniform else ''))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([MPIEXEC, "-n", str(ranks), sys.executable, "-m", "hpcql", "run", str(cfg)], env=env,
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -99,13 +103,15 @@ def _collect(proc: subprocess.Popen, out: Path, ranks: int, rows: int, cols: int
                 "updates_per_rank": [int(x) for x in a["updates_per_rank"]],
                 "learn_seconds": float(a["learn_seconds"]), "updates_per_s": float(a["updates_per_second"]),
                 "updates_per_s_per_rank": float(a["updates_per_second"]) / ranks,
-                "migrated": int(a["migrated"]), "gap_start": float(a["gap_start"])}
+                "migrated": int(a["migrated"]), "gap_start": float(a["gap_start"]),
+                "rebalances": int(a["rebalances"])}
 
 
 def hpcql_run(ranks: int, rows: int, cols: int, budget: int, mode: str, tmp: Path, uniform: bool = False,
-              exchange_every: int = EXCHANGE_EVERY) -> dict:
+              exchange_every: int = EXCHANGE_EVERY, rebalance_every: int = 0) -> dict:
     """One run."""
-    proc, out = _launch(ranks, rows, cols, budget, mode, tmp, uniform, exchange_every=exchange_every)
+    proc, out = _launch(ranks, rows, cols, budget, mode, tmp, uniform, exchange_every=exchange_every,
+                        rebalance_every=rebalance_every)
     return _collect(proc, out, ranks, rows, cols, mode)
 
 
@@ -122,12 +128,12 @@ def hpcql_pair(rows: int, cols: int, budget: int, mode: str, tmp: Path, uniform:
     return {"ranks": 2, "rows": rows, "cols": cols, "mode": mode, "updates": sum(p["updates"] for p in parts),
             "updates_per_rank": [p["updates"] for p in parts], "learn_seconds": max(p["learn_seconds"] for p in parts),
             "updates_per_s": rate, "updates_per_s_per_rank": rate / 2, "migrated": 0,
-            "gap_start": max(p["gap_start"] for p in parts)}
+            "gap_start": max(p["gap_start"] for p in parts), "rebalances": 0}
 
 
 def base_kind(kind: str) -> str:
     """The 1-rank kind a kind's efficiency is taken against (``-u`` rows against ``base-u``)."""
-    return "base-u" if kind.endswith("-u") else "base"
+    return "base-u" if kind.endswith("-u") else "base"  # weak-b / strong-b against base
 
 
 def paired_efficiencies(all_runs: list[dict]) -> dict[tuple[str, str], list[float]]:
@@ -155,12 +161,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the best of each is reported")
     ap.add_argument("--exchange-every", type=int, default=EXCHANGE_EVERY,
                     help="algo.exchange_every of every hpcql run (default %(default)s)")
-    ap.add_argument("--kinds", default="base,strong,weak,base-u,weak-u,pair",
+    ap.add_argument("--rebalance-every", type=int, default=20,
+                    help="algo.rebalance_every of the -b rows (default %(default)s)")
+    ap.add_argument("--kinds", default="base,strong,weak,strong-b,weak-b,base-u,weak-u,pair",
                     help="comma-separated kinds to run (default all; base / base-u are needed for efficiencies)")
     ap.add_argument("--modes", default="sync,async", help="comma-separated modes (default sync,async)")
     ap.add_argument("--out", default="bench_qlearning.json")
     args = ap.parse_args()
     results: dict = {"cpu_count": os.cpu_count(), "repeats": args.repeats, "exchange_every": args.exchange_every,
+                     "rebalance_every": args.rebalance_every,
                      "runs": [], "all_runs": []}
     results["numpy_baseline_updates_per_s"] = numpy_baseline(args.rows, args.cols, args.agents, args.baseline_steps)
     with tempfile.TemporaryDirectory() as d:
@@ -174,6 +183,11 @@ def main() -> None:
                     "base": lambda: hpcql_run(1, rows, cols, b, mode, tmp, exchange_every=x),
                     "strong": lambda: hpcql_run(2, rows, cols, 2 * b, mode, tmp, exchange_every=x),
                     "weak": lambda: hpcql_run(2, 2 * rows, cols, 2 * b, mode, tmp, exchange_every=x),
+                    # the same with load balancing: shard boundaries follow where the updates happen
+                    "strong-b": lambda: hpcql_run(2, rows, cols, 2 * b, mode, tmp, exchange_every=x,
+                                                  rebalance_every=args.rebalance_every),
+                    "weak-b": lambda: hpcql_run(2, 2 * rows, cols, 2 * b, mode, tmp, exchange_every=x,
+                                                rebalance_every=args.rebalance_every),
                     # random-walk agents: no crowding near the goal, so this isolates the engine's
                     # own cost of scaling (migration, ghosts, reductions) from load imbalance
                     "base-u": lambda: hpcql_run(1, rows, cols, b, mode, tmp, True, x),
@@ -193,7 +207,7 @@ def main() -> None:
     paired = paired_efficiencies(results["all_runs"])
     print(f"numpy vectorised baseline (1 process, {args.agents} agents): {base / 1e6:.2f} M updates/s")
     print(f"{'mode':>6} {'kind':>7} {'ranks':>5} {'grid':>9} {'M upd/s':>9} {'M upd/s/rank':>13} {'x numpy':>8} "
-          f"{'eff':>6} {'eff med':>8} {'migrated':>10} {'busiest rank':>12}")
+          f"{'eff':>6} {'eff med':>8} {'migrated':>10} {'busiest rank':>12} {'recuts':>6}")
     for mode in modes:
         for r in (x for x in results["runs"] if x["mode"] == mode):
             one = next((b for b in results["runs"] if b["mode"] == mode and b["kind"] == base_kind(r["kind"])), None)
@@ -207,7 +221,7 @@ def main() -> None:
                   f"{r['updates_per_s'] / 1e6:9.2f} {r['updates_per_s_per_rank'] / 1e6:13.2f} "
                   f"{r['speedup_vs_numpy_per_rank']:8.1f} {r['efficiency']:6.2f} {r['efficiency_median_paired']:8.2f} "
                   f"{r['migrated']:>10} "
-                  f"{r['busiest_rank_share']:12.0%}")
+                  f"{r['busiest_rank_share']:12.0%} {r['rebalances']:6d}")
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
 

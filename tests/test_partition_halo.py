@@ -1,9 +1,12 @@
-"""Partitions and halo plans are pure functions: tested without MPI."""
+"""Partitions and halo plans are pure functions (tested without MPI); moving rows between partitions."""
 
 import numpy as np
+import pytest
 
+from conftest import REPO, mpirun
 from hpcql.halo import ghost_layout, send_lists
 from hpcql.partition import owner_of, uniform_partition, weighted_partition
+from hpcql.redistribute import overlaps
 
 
 def test_uniform_partition_covers_all_states():
@@ -56,3 +59,18 @@ def test_ghost_layout_and_send_lists_are_consistent():
         for q in range(3):
             assert np.all((sends[q] >= 0) & (sends[q] < 4))
             assert np.array_equal(sends[q] + offsets[r], requests[q])
+
+
+def test_overlaps_of_a_block_with_a_partition():
+    offsets = np.array([0, 4, 4, 10, 12])
+    assert overlaps(3, 11, offsets).tolist() == [1, 0, 6, 1]
+    assert overlaps(5, 5, offsets).tolist() == [0, 0, 0, 0]
+    assert overlaps(0, 12, offsets).tolist() == [4, 0, 6, 2]
+
+
+@pytest.mark.parametrize("ranks,cuts", [(2, "50"), (3, "5,6"), (3, "40,62"), (4, "1,30,31")])
+def test_rows_move_to_another_partition(ranks, cuts):
+    """Moved shards equal shards built directly for the new rows (uneven, one-state and skewed blocks)."""
+    proc = mpirun([str(REPO / "tests/mpi_scripts/move_rows.py"), cuts], ranks=ranks, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "ok"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from conftest import hpcql, write_toml
@@ -50,20 +51,26 @@ def interrupted_then_resumed(tmp_path, name, env, algo, ranks, resume_ranks, at,
         assert f.attrs["engine"] == "q-learning" and f.attrs["ranks"] == ranks
         assert f["Q"].shape == f["visits"].shape
         held = sum(f[f"per_rank/{r}/agents"].shape[0] for r in range(ranks))
+        offsets = f["shard_offsets"][()].tolist()
     names = [p.name for p in ckpts]
     second = hpcql(["run", cfg, "--set", "debug.signal_rank=-1"], ranks=resume_ranks, timeout=120)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "resuming from" in second.stdout
-    return result(tmp_path, name), held, names
+    return result(tmp_path, name), held, names, offsets
 
 
-def test_sync_signal_resume_is_bitwise_exact(tmp_path):
-    algo = f'mode = "sync"\n{SMALL_ALGO}'
+@pytest.mark.parametrize("rebalance_every", [0, 7])
+def test_sync_signal_resume_is_bitwise_exact(tmp_path, rebalance_every):
+    """Also with load balancing: the resumed run first moves to the checkpoint's partition."""
+    algo = f'mode = "sync"\n{SMALL_ALGO}\nrebalance_every = {rebalance_every}'
     assert hpcql(["run", config(tmp_path, "ref", SMALL, algo)], ranks=2, timeout=120).returncode == 0
     ref = result(tmp_path, "ref")
-    got, held, names = interrupted_then_resumed(tmp_path, "cut", SMALL, algo, 2, 2, at=40,
+    got, held, names, offsets = interrupted_then_resumed(tmp_path, "cut", SMALL, algo, 2, 2, at=40,
                                          extra="[checkpoint]\nevery_iterations = 15")
     assert held == 400
+    if rebalance_every:
+        assert ref["attrs"]["rebalances"] > 0
+        assert offsets != [0, 200, 400]  # the checkpoint was cut elsewhere: the resume had to recut
     for k in ("Q", "V", "policy"):
         assert got[k].tobytes() == ref[k].tobytes(), k
     for k in ("updates", "migrated", "agents_final"):
@@ -81,7 +88,7 @@ def test_sync_resume_under_more_ranks_conserves_agents_and_converges(tmp_path):
     sh = gridworld_shard(env, 0, 0, 24 * 24)
     P = sp.csr_matrix((sh.probs, sh.indices, sh.indptr), shape=(24 * 24 * 4, 24 * 24))
     v_star, _ = optimal_values(P, sh.rewards, 0.99)
-    got, held, names = interrupted_then_resumed(tmp_path, "grow", GRID24, f'mode = "sync"\n{GRID24_ALGO}', 2, 3, at=150)
+    got, held, names, offsets = interrupted_then_resumed(tmp_path, "grow", GRID24, f'mode = "sync"\n{GRID24_ALGO}', 2, 3, at=150)
     assert held == 2 * 512
     a = got["attrs"]
     assert a["ranks"] == 3 and a["agents"] == a["agents_final"] == 2 * 512  # global count preserved
@@ -93,7 +100,7 @@ def test_sync_resume_under_more_ranks_conserves_agents_and_converges(tmp_path):
 def test_async_signal_resume_under_fewer_ranks_conserves_agents(tmp_path):
     ranks, resume_ranks = 3, 2
     algo = f'mode = "async"\n{SMALL_ALGO}'
-    got, held, names = interrupted_then_resumed(tmp_path, "async", SMALL, algo, ranks, resume_ranks, at=200)
+    got, held, names, offsets = interrupted_then_resumed(tmp_path, "async", SMALL, algo, ranks, resume_ranks, at=200)
     assert held == 200 * ranks  # nothing in flight in the checkpoint: the drain brought every agent home
     a = got["attrs"]
     assert a["agents"] == a["agents_final"] == 200 * ranks

@@ -106,6 +106,31 @@ def test_gridworld_converges_with_migration(tmp_path, mode):
     assert a["migrated"] > 10_000 and a["agents_final"] == 3 * 512
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_rebalancing_evens_the_load_and_still_converges(tmp_path, mode):
+    """Load balancing recuts the shards so each rank does about a third of the updates.
+
+    With the starting partition the goal's shard does about 58% of them (agents crowd
+    there as epsilon decays); the learned policy must still be within 1% (scipy reference).
+    """
+    env = GridworldEnv(kind="gridworld", rows=24, cols=24, slip=0.1)
+    sh = gridworld_shard(env, 0, 0, 24 * 24)
+    P = sp.csr_matrix((sh.probs, sh.indices, sh.indptr), shape=(24 * 24 * 4, 24 * 24))
+    v_star, _ = optimal_values(P, sh.rewards, 0.99)
+    r = run_ql(tmp_path, f"bal-{mode}", 'kind = "gridworld"\nrows = 24\ncols = 24\nslip = 0.1', 3,
+               f'mode = "{mode}"\nbudget_updates = 6_000_000\nagents_per_rank = 512\neval_points = 0\n'
+               'rebalance_every = 5')
+    a = r["attrs"]
+    assert a["rebalances"] > 0
+    per_rank = np.asarray(a["updates_per_rank"])
+    assert per_rank.max() / per_rank.sum() < 0.42, per_rank
+    with h5py.File(r["out"] / "result.h5") as f:
+        offsets = f["shard_offsets"][()]
+    assert offsets.tolist() != [0, 192, 384, 576] and offsets[0] == 0 and offsets[-1] == 576
+    assert a["agents_final"] == a["agents"] == 3 * 512
+    assert relative_gap(P, sh.rewards, v_star, r["policy"]) < 0.01
+
+
 def test_agents_conserved_under_heavy_migration(tmp_path):
     # 4 ranks on FrozenLake 4x4: almost every step crosses a shard boundary
     env = 'kind = "gymnasium-tabular"\nid = "FrozenLake-v1"\noptions = {map_name = "4x4", is_slippery = true}'
@@ -119,13 +144,18 @@ def test_agents_conserved_under_heavy_migration(tmp_path):
         assert int(np.sum(a["updates_per_rank"])) == a["updates"]
 
 
-def test_sync_mode_is_bitwise_deterministic(tmp_path):
-    algo = 'mode = "sync"\nbudget_updates = 500_000\nagents_per_rank = 200\neval_points = 0'
+@pytest.mark.parametrize("rebalance_every", [0, 3])
+def test_sync_mode_is_bitwise_deterministic(tmp_path, rebalance_every):
+    algo = ('mode = "sync"\nbudget_updates = 500_000\nagents_per_rank = 200\neval_points = 0\n'
+            f'rebalance_every = {rebalance_every}')
     env = 'kind = "gridworld"\nrows = 20\ncols = 20\nslip = 0.2'
     a = run_ql(tmp_path, "det-a", env, 2, algo)
     b = run_ql(tmp_path, "det-b", env, 2, algo)
     assert a["Q"].tobytes() == b["Q"].tobytes()
     assert a["attrs"]["migrated"] == b["attrs"]["migrated"] > 0
+    assert a["attrs"]["rebalances"] == b["attrs"]["rebalances"] == (a["attrs"]["rebalances"] if rebalance_every else 0)
+    if rebalance_every:
+        assert a["attrs"]["rebalances"] > 0
     other = run_ql(tmp_path, "det-seed", env, 2, algo, run_extra="seed = 1")
     assert other["Q"].tobytes() != a["Q"].tobytes()
 

@@ -8,7 +8,9 @@ from mpi4py import MPI
 
 from hpcql.config import parse_config
 from hpcql.qlearning.agents import Agents, split_migrants
+from hpcql.partition import uniform_partition
 from hpcql.qlearning.async_loop import steps_per_agent
+from hpcql.qlearning.rebalance import plan_partition
 from hpcql.qlearning.learner import Learner, absorbing_states
 from hpcql.qlearning.rng import seed_key, uniform_array
 from hpcql.qlearning.schedules import epsilon_at
@@ -142,3 +144,28 @@ def test_episode_starts(starts, fraction, at_start):
     lr.advance(1, 0.0)  # one step each: the first placement
     share = np.mean(lr.agents.states == 450)
     assert abs(share - at_start) < 0.015, share
+
+
+def test_plan_partition_balances_the_window_work():
+    S, size = 1000, 2
+    work = np.zeros(S, dtype=np.int64)
+    work[900:] = 100  # every update in the last tenth of the states (agents crowding a goal)
+    old = np.array([0, 500, 1000])
+    new = plan_partition(work, old, threshold=1.1)
+    assert new is not None and new[0] == 0 and new[-1] == S
+    floor = 0.01 * work.sum() / S  # rebalance.FLOOR_SHARE of the mean per-state work
+    loads = [work[a:b].sum() + floor * (b - a) for a, b in zip(new[:-1], new[1:])]
+    assert max(loads) / (sum(loads) / size) < 1.01  # within one state's work of even
+    assert 900 < new[1] < 1000
+    # already balanced (within the threshold): keep the partition
+    assert plan_partition(np.ones(S, dtype=np.int64), old, threshold=1.1) is None
+    assert plan_partition(np.zeros(S, dtype=np.int64), old, threshold=1.1) is None  # no work seen
+
+
+def test_plan_partition_never_empties_a_block():
+    work = np.zeros(10, dtype=np.int64)
+    work[8:] = 10**6  # two states do all the work, and both sit on the last of three ranks
+    new = plan_partition(work, uniform_partition(10, 3), threshold=1.1)
+    assert new is not None and new.tolist() == [0, 8, 9, 10]  # each busy state alone, rank 0 the rest
+    work[8] = 0  # one state does all: no cut can lower the busiest load, so keep the partition
+    assert plan_partition(work, uniform_partition(10, 3), threshold=1.1) is None

@@ -1,7 +1,8 @@
 """A rank's agents as flat arrays, and their packing for migration.
 
 An agent is (global id, global state, rng counter, episode step). Packed, it is
-one int64 row of ``RECORD`` fields, so a batch of migrants is one message.
+one int64 row of ``RECORD`` fields, so a batch of migrants is one message;
+``exchange_agents`` delivers such batches to their owners in one collective.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from mpi4py import MPI
 
 from hpcql.partition import owner_of
 
@@ -73,3 +75,18 @@ def split_migrants(agents: Agents, moved: np.ndarray, offsets: np.ndarray) -> tu
     order = np.argsort(dest, kind="stable")
     counts = np.bincount(dest, minlength=size).astype(np.int64)
     return agents.keep(~moved), records[order], counts
+
+
+def _displs(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+
+
+def exchange_agents(comm: MPI.Comm, records: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Send each rank its migrant records (sorted by destination); returns arrivals in source-rank order (collective)."""
+    recv_counts = np.zeros(comm.size, dtype=np.int64)
+    comm.Alltoall(counts, recv_counts)
+    recv = np.empty((int(recv_counts.sum()), RECORD), dtype=np.int64)
+    send = np.ascontiguousarray(records, dtype=np.int64)
+    comm.Alltoallv([send, counts * RECORD, _displs(counts) * RECORD, MPI.INT64_T],
+                   [recv, recv_counts * RECORD, _displs(recv_counts) * RECORD, MPI.INT64_T])
+    return recv

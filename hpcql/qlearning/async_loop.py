@@ -22,6 +22,7 @@ from hpcql.qlearning.control import NUM_FLAGS, QLearningControl
 from hpcql.qlearning.evaluate import Evaluator
 from hpcql.qlearning.learner import Learner
 from hpcql.qlearning.monitor import T, Monitor
+from hpcql.qlearning.rebalance import Rebalancer
 from hpcql.timing import PhaseTimer
 
 TAG_AGENTS = 41
@@ -117,18 +118,20 @@ def steps_per_agent(exchange_every: int, agents_per_rank: int, local_agents: int
 
 def run_async(learner: Learner, monitor: Monitor, evaluator: Evaluator | None, timer: PhaseTimer,
               faults: FaultInjector, control: QLearningControl | None = None,
-              start_totals: np.ndarray | None = None) -> np.ndarray:
+              start_totals: np.ndarray | None = None, rebalancer: Rebalancer | None = None) -> np.ndarray:
     """Learn until the agreed budget is used; returns the final reduced totals.
 
     Checkpoint / stop-signal flags ride on the ``Iallreduce`` chain; when a
     completed reduction says so, every rank drains the agents and ghost values in
     flight (so each agent is held by exactly one rank), saves, and goes on or stops.
+    A load-balance check (``rebalancer``, every so many completed reductions) drains
+    the same way first, and is the only other point where ranks wait for each other.
     """
-    problem = learner.problem
+    comm = learner.problem.comm
     steps = learner.algo.exchange_every
     with timer.phase("exchange"):
-        problem.halo.exchange(learner.vmax_ext)
-    ch = AsyncChannels(problem.comm, problem.halo)
+        learner.problem.halo.exchange(learner.vmax_ext)
+    ch = AsyncChannels(comm, learner.problem.halo)
     n_tot = len(monitor.local_totals(learner.counters(), len(learner.agents)))
     local = np.zeros(n_tot + NUM_FLAGS)
     glob = np.zeros_like(local)
@@ -137,8 +140,9 @@ def run_async(learner: Learner, monitor: Monitor, evaluator: Evaluator | None, t
         totals[:] = start_totals
     reduction: MPI.Request | None = None
     agreed_updates, updates_then = float(totals[T["updates"]]), learner.updates
-    size = problem.comm.size
+    size = comm.size
     it = control.step if control is not None else 0
+    agreed_step = it  # completed reductions (control.step when checkpointing)
     try:
         while True:
             faults.tick(it)
@@ -178,16 +182,25 @@ def run_async(learner: Learner, monitor: Monitor, evaluator: Evaluator | None, t
                     monitor.record(totals, evaluator.evaluate(learner.q) if due else None)
                     if stop:
                         break
+                    agreed_step += 1
+                    balance = rebalancer is not None and rebalancer.due(comm, agreed_step)
+                    flagged = control is not None and bool(glob[n_tot:].any())
+                    if balance or flagged:
+                        with timer.phase("wait"):
+                            ch.drain(learner)
+                    if balance:
+                        with timer.phase("exchange"):
+                            if rebalancer.run(learner, evaluator):
+                                ch.free()
+                                ch = AsyncChannels(comm, learner.problem.halo)
                     if control is not None:
-                        control.step += 1
-                        if glob[n_tot:].any():
-                            with timer.phase("wait"):
-                                ch.drain(learner)
+                        control.step = agreed_step
+                        if flagged:
                             control.after(glob[n_tot:].copy(), learner, monitor, totals.copy())
         with timer.phase("wait"):
             ch.drain(learner)
         with timer.phase("reduce"):
-            problem.comm.Allreduce(monitor.local_totals(learner.counters(), len(learner.agents)), totals,
+            comm.Allreduce(monitor.local_totals(learner.counters(), len(learner.agents)), totals,
                                    op=MPI.SUM)
         totals = totals.copy()
         monitor.check_agents(totals, learner.total_agents)

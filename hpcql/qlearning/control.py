@@ -17,8 +17,10 @@ A checkpoint (engine ``q-learning``) holds
 
 Ghost max-Q values are not stored: after every sync round they equal the
 neighbours' row maxima, which the first halo exchange of a resumed run
-recomputes. With the same rank count the resumed sync run is bitwise the run
-that was never interrupted. Under another rank count each new rank reads every
+recomputes. ``visits_mark`` (the load-balance window's start) is stored; with the
+same rank count a resumed run first moves to the partition the checkpoint was
+written under (load balancing may have recut it), so the resumed sync run is
+bitwise the run that was never interrupted. Under another rank count each new rank reads every
 old rank's agent records and keeps the agents whose state it owns (the global
 agent count is preserved); the cumulative counters move to rank 0.
 """
@@ -68,6 +70,13 @@ class QLearningControl:
         self.last_save_step = self.step
 
     # ------------------------------------------------------------------ resume
+    def resume_offsets(self) -> np.ndarray | None:
+        """The partition the resumed checkpoint was written under, when it had this rank count."""
+        ck = self.resumed
+        if ck is None or ck.ranks != self.comm.size:
+            return None
+        return ck.offsets()
+
     def restore_learner(self, learner: Learner) -> None:
         """Load the resumed Q, visits, agents and counters into ``learner`` (collective)."""
         if self.resumed is not None:
@@ -131,7 +140,8 @@ class QLearningControl:
             "total_agents": int(learner.total_agents),
             "monitor": monitor.state(totals),
         }
-        self.store.save(self.step, learner.problem.offsets, {"Q": learner.q, "visits": learner.visits},
+        self.store.save(self.step, learner.problem.offsets,
+                        {"Q": learner.q, "visits": learner.visits, "visits_mark": learner.visits_mark},
                         per_rank=per_rank, meta=meta)
         self.last_save_time = time.monotonic()
         self.last_save_step = self.step
@@ -143,6 +153,8 @@ def restore_learner(learner: Learner, ck: Checkpoint) -> None:
     sh = learner.problem.shard
     learner.q[...] = ck.rows("Q", sh.row_start, sh.row_stop)
     learner.visits[...] = ck.rows("visits", sh.row_start, sh.row_stop)
+    if ck.has("visits_mark"):  # written since load balancing came in
+        learner.visits_mark[...] = ck.rows("visits_mark", sh.row_start, sh.row_stop)
     learner.refresh_local_max()
     learner.total_agents = int(ck.meta["total_agents"])
     if ck.ranks == comm.size:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
+from hpcql.redistribute import RowMover
 from hpcql.tabular.problem import ShardedProblem
 from hpcql.timing import PhaseTimer
 
@@ -28,6 +29,15 @@ class Evaluator:
         self.v_new = np.empty(problem.n_local)
         self.v_star = self.optimal_value()
         self.v_star_report = self.at_states(self.v_star)
+
+    def repartition(self, problem: ShardedProblem, mover: RowMover) -> None:
+        """Carry V* and the warm-start V^pi over to ``problem``'s partition (collective)."""
+        v_pi = mover.rows(self.v_pi_ext[: self.problem.n_local])
+        self.problem = problem
+        self.v_star = mover.rows(self.v_star)
+        self.v_pi_ext = problem.new_ext()
+        self.v_pi_ext[: problem.n_local] = v_pi
+        self.v_new = np.empty(problem.n_local)
 
     def _sweeps(self, sweep, v_ext: np.ndarray) -> np.ndarray:
         """Jacobi sweeps ``sweep(v_ext, v_new) -> max change`` until V is within ``tol`` (collective)."""

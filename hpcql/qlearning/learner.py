@@ -12,10 +12,12 @@ import numpy as np
 from hpcql.config import QLearningAlgo
 from hpcql.errors import BadInput
 from hpcql.mdp.shard import sampled_rewards
-from hpcql.qlearning.agents import RECORD, Agents, split_migrants
+from hpcql.partition import owner_of
+from hpcql.qlearning.agents import RECORD, Agents, exchange_agents, split_migrants
 from hpcql.qlearning.kernels import (NUM_STATS, STEP_KINDS, ST_ABS_TD, ST_MOVED, ST_RESTARTS, ST_UPDATES, advance_agents,
                                      rows_max)
 from hpcql.qlearning.rng import seed_key
+from hpcql.redistribute import RowMover
 from hpcql.tabular.problem import ShardedProblem
 
 COUNTERS = ("updates", "abs_td", "restarts", "moved", "received", "rounds")
@@ -54,6 +56,8 @@ class Learner:
         # absorbing states are never updated (episodes end there): start them at their exact value
         self.q[self.absorbing] = sh.rewards[self.absorbing] / (1.0 - problem.gamma)
         self.visits = np.zeros(self.q.shape, dtype=np.int64)
+        self.visits_mark = np.zeros(sh.n_local, dtype=np.int64)
+        """Updates per state at the last load-balance check (see ``window_work``)."""
         self.vmax_ext = problem.new_ext()
         self.boundary = np.unique(problem.halo.send_flat).astype(np.int64)  # local rows other ranks read
         self.refresh_local_max()
@@ -98,6 +102,35 @@ class Learner:
         """
         rows_max(self.q, self.boundary, self.vmax_ext)
 
+    # ------------------------------------------------------------------ load balance
+    def window_work(self) -> np.ndarray:
+        """Updates made at each local state since the last ``reset_window``."""
+        return self.visits.sum(axis=1) - self.visits_mark
+
+    def reset_window(self) -> None:
+        self.visits_mark = self.visits.sum(axis=1)
+
+    def repartition(self, problem: ShardedProblem, mover: RowMover) -> None:
+        """Move to ``problem``'s partition: rows through ``mover``, agents to their new owners (collective).
+
+        Agents not placed yet stay. Arrivals are appended in source-rank order, so the
+        result is deterministic; the migration counters are untouched (nothing is in flight).
+        """
+        self.q = mover.rows(self.q)
+        self.visits = mover.rows(self.visits)
+        self.visits_mark = mover.rows(self.visits_mark)
+        self.absorbing = mover.rows(self.absorbing)
+        self.problem = problem
+        self.entry_rewards = sampled_rewards(problem.shard)
+        self.vmax_ext = problem.new_ext()
+        self.boundary = np.unique(problem.halo.send_flat).astype(np.int64)
+        a = self.agents
+        away = (a.states >= 0) & (owner_of(a.states, problem.offsets) != problem.comm.rank)
+        stay, records, counts = split_migrants(a, away, problem.offsets)
+        self.agents = Agents.concat([stay, Agents.unpack(exchange_agents(problem.comm, records, counts))])
+        self.refresh_local_max()
+        problem.halo.exchange(self.vmax_ext)
+
     # ------------------------------------------------------------------ reporting
     @property
     def updates(self) -> int:
@@ -120,6 +153,7 @@ class Learner:
             "stats": self.stats.copy(),
             "received": np.array(self.received, dtype=np.int64),
             "rounds": np.array(self.rounds, dtype=np.int64),
+            "visits_mark": self.visits_mark.copy(),
             "row_range": np.array([self.problem.shard.row_start, self.problem.shard.row_stop], dtype=np.int64),
         }
 
@@ -130,6 +164,7 @@ class Learner:
             raise BadInput(f"q-learning state for rows {state['row_range']} does not fit shard {rows}")
         self.q[...] = state["q"]
         self.visits[...] = state["visits"]
+        self.visits_mark[...] = state["visits_mark"]
         self.vmax_ext[...] = state["vmax_ext"]
         self.agents = Agents.unpack(state["agent_records"])
         self.stats[...] = state["stats"]

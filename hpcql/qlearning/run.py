@@ -17,8 +17,9 @@ from hpcql.qlearning.control import QLearningControl
 from hpcql.qlearning.evaluate import Evaluator
 from hpcql.qlearning.learner import Learner
 from hpcql.qlearning.monitor import T, Monitor
+from hpcql.qlearning.rebalance import Rebalancer
 from hpcql.results import common_attrs, write_tabular_result
-from hpcql.tabular.problem import build_problem
+from hpcql.tabular.problem import build_problem, repartition
 from hpcql.tabular.run import describe_problem
 from hpcql.timing import PhaseTimer
 
@@ -39,6 +40,11 @@ def run_qlearning(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
     with timer.phase("io"):
         problem = build_problem(cfg, comm)
         control = QLearningControl(cfg, comm, console, timer)
+        resume_offsets = control.resume_offsets()
+        if resume_offsets is not None and not np.array_equal(resume_offsets, problem.offsets):
+            first = problem
+            problem, _ = repartition(first, resume_offsets)  # the partition the checkpoint was cut to
+            first.halo.free()
     describe_problem(problem, console)
     learner = collective(comm, lambda: Learner(problem, algo, cfg.run.seed))
     with timer.phase("io"):
@@ -48,6 +54,7 @@ def run_qlearning(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
                  + f", exchange every {algo.exchange_every} steps, starts {algo.starts}")
     evaluator = Evaluator(problem, min(algo.tol, 1e-6), algo.max_iterations, algo.start_states, timer)
     faults = FaultInjector(cfg.debug, comm.rank)
+    rebalancer = Rebalancer(algo.rebalance_every, algo.rebalance_threshold)
     t_learn = time.perf_counter()
     monitor = Monitor(algo, comm.size, console, t_learn)
     try:
@@ -55,17 +62,18 @@ def run_qlearning(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
         if algo.mode == "sync":
             from hpcql.qlearning.sync_loop import run_sync
 
-            totals = run_sync(learner, monitor, evaluator, timer, faults, control, start_totals)
+            totals = run_sync(learner, monitor, evaluator, timer, faults, control, start_totals, rebalancer)
         else:
             from hpcql.qlearning.async_loop import run_async
 
-            totals = run_async(learner, monitor, evaluator, timer, faults, control, start_totals)
+            totals = run_async(learner, monitor, evaluator, timer, faults, control, start_totals, rebalancer)
         learn_seconds = time.perf_counter() - t_learn
         final = evaluator.evaluate(learner.q)
         monitor.record(totals, final, force=True)
     finally:
         monitor.close()
 
+    problem = learner.problem  # the partition may have been recut during the run
     q = learner.q
     policy = np.argmax(q, axis=1).astype(np.int64) if q.size else np.zeros(0, dtype=np.int64)
     v = q.max(axis=1) if q.size else np.zeros(0)
@@ -82,6 +90,7 @@ def run_qlearning(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
         "updates": int(totals[T["updates"]]),
         "updates_per_rank": per_rank_updates,
         "rounds_per_rank": per_rank_rounds,
+        "rebalances": rebalancer.count,
         "migrated": int(totals[T["moved"]]),
         "agents": int(learner.total_agents),
         "agents_final": int(totals[T["agents"]]),

@@ -12,43 +12,30 @@ import numpy as np
 from mpi4py import MPI
 
 from hpcql.faults import FaultInjector
-from hpcql.qlearning.agents import RECORD
+from hpcql.qlearning.agents import exchange_agents
 from hpcql.qlearning.control import NUM_FLAGS, QLearningControl
 from hpcql.qlearning.evaluate import Evaluator
 from hpcql.qlearning.learner import Learner
 from hpcql.qlearning.monitor import Monitor
+from hpcql.qlearning.rebalance import Rebalancer
 from hpcql.timing import PhaseTimer
-
-
-def _displs(counts: np.ndarray) -> np.ndarray:
-    return np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
-
-
-def exchange_agents(comm: MPI.Comm, records: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Send each rank its migrant records (sorted by destination); returns arrivals (collective)."""
-    recv_counts = np.zeros(comm.size, dtype=np.int64)
-    comm.Alltoall(counts, recv_counts)
-    recv = np.empty((int(recv_counts.sum()), RECORD), dtype=np.int64)
-    send = np.ascontiguousarray(records, dtype=np.int64)
-    comm.Alltoallv([send, counts * RECORD, _displs(counts) * RECORD, MPI.INT64_T],
-                   [recv, recv_counts * RECORD, _displs(recv_counts) * RECORD, MPI.INT64_T])
-    return recv
 
 
 def run_sync(learner: Learner, monitor: Monitor, evaluator: Evaluator | None, timer: PhaseTimer,
              faults: FaultInjector, control: QLearningControl | None = None,
-             start_totals: np.ndarray | None = None) -> np.ndarray:
+             start_totals: np.ndarray | None = None, rebalancer: Rebalancer | None = None) -> np.ndarray:
     """Learn until the budget is used; returns the final reduced totals.
 
     ``control`` adds checkpoint / stop-signal flags to the round's reduction and
     saves (or stops) at the end of a round; ``start_totals`` are the agreed totals
-    of the checkpoint this run resumes from.
+    of the checkpoint this run resumes from. ``rebalancer`` may recut the partition
+    at the end of a round (before a checkpoint of that round, so a resumed run
+    starts on the partition it saved).
     """
-    problem = learner.problem
-    comm = problem.comm
+    comm = learner.problem.comm
     steps = learner.algo.exchange_every
     with timer.phase("exchange"):
-        problem.halo.exchange(learner.vmax_ext)
+        learner.problem.halo.exchange(learner.vmax_ext)
     n_tot = len(monitor.local_totals(learner.counters(), 0))
     local = np.zeros(n_tot + NUM_FLAGS)
     glob = np.zeros_like(local)
@@ -63,7 +50,7 @@ def run_sync(learner: Learner, monitor: Monitor, evaluator: Evaluator | None, ti
         with timer.phase("exchange"):
             learner.receive(exchange_agents(comm, records, counts))
             learner.refresh_local_max()
-            problem.halo.exchange(learner.vmax_ext)
+            learner.problem.halo.exchange(learner.vmax_ext)
         with timer.phase("reduce"):
             local[:n_tot] = monitor.local_totals(learner.counters(), len(learner.agents))
             local[n_tot:] = control.flags() if control is not None else 0.0
@@ -75,6 +62,9 @@ def run_sync(learner: Learner, monitor: Monitor, evaluator: Evaluator | None, ti
         monitor.record(totals, evaluation)
         if stop:
             return totals.copy()
+        if rebalancer is not None and rebalancer.due(comm, it):
+            with timer.phase("exchange"):
+                rebalancer.run(learner, evaluator)
         if control is not None:
             control.step = it
             control.after(glob[n_tot:], learner, monitor, totals)

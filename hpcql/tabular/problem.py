@@ -11,6 +11,7 @@ from hpcql.config import Config, effective_gamma
 from hpcql.halo import GhostLayout, HaloExchange, ghost_layout
 from hpcql.mdp.shard import MdpShard
 from hpcql.mdp.sources import build_shard
+from hpcql.redistribute import RowMover
 from hpcql.tabular.kernels import Kernels, kernels_for_rows
 
 
@@ -94,3 +95,16 @@ def build_problem(cfg: Config, comm: MPI.Comm) -> ShardedProblem:
     shard, offsets = build_shard(cfg, comm)
     gamma = effective_gamma(cfg, shard.discount)
     return make_problem(shard, offsets, gamma, comm, cfg.algo.float32)
+
+
+def repartition(problem: ShardedProblem, offsets: np.ndarray) -> tuple[ShardedProblem, RowMover]:
+    """The same problem under partition ``offsets``: MDP rows moved, halo planned again (collective).
+
+    Returns the new problem and the mover, for moving other row-sharded arrays the same way.
+    The old problem's halo stays valid until the caller frees it.
+    """
+    mover = RowMover(problem.comm, problem.offsets, offsets)
+    shard = mover.shard(problem.shard)
+    new = make_problem(shard, np.asarray(offsets, dtype=np.int64), problem.gamma, problem.comm,
+                       problem.probs.dtype == np.float32)
+    return new, mover
