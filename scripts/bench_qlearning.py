@@ -14,11 +14,13 @@ this machine allows two busy processes at all, the ceiling for any 2-rank row.
 Every kind runs ``--repeats`` times, interleaved, and the fastest repeat is reported: on a
 shared machine single runs drift by up to 2x within minutes. ``eff`` divides the fastest
 repeats; ``eff med`` is the median over repeats of each repeat's rate over the same repeat's
-1-rank rate (the steadier figure when the machine drifts).
+1-rank rate (the steadier figure when the machine drifts). With ``base-w`` (one rank on the
+doubled grid) in ``--kinds``, the weak rows' rate is also divided by that run's: their
+parallel efficiency on the very problem they solve.
 
     python scripts/bench_qlearning.py [--rows 100] [--cols 100] [--budget 20000000] [--repeats 3]
         [--exchange-every 64] [--rebalance-every 20] [--modes sync,async]
-        [--kinds base,strong,weak,strong-b,weak-b,base-u,weak-u,pair] [--out F]
+        [--kinds base,strong,weak,strong-b,weak-b,base-u,weak-u,pair,base-w] [--out F]
 """
 
 from __future__ import annotations
@@ -136,15 +138,22 @@ def base_kind(kind: str) -> str:
     return "base-u" if kind.endswith("-u") else "base"  # weak-b / strong-b against base
 
 
-def paired_efficiencies(all_runs: list[dict]) -> dict[tuple[str, str], list[float]]:
-    """Per (mode, kind), each repeat's per-rank rate over the same repeat's 1-rank base rate.
+def same_grid_kind(kind: str) -> str | None:
+    """The 1-rank run on the doubled grid (``base-w``) for the weak rows: their parallel efficiency
+    on that very problem, apart from how much slower one core runs the bigger grid per update."""
+    return "base-w" if kind in ("weak", "weak-b") else None
+
+
+def paired_efficiencies(all_runs: list[dict], against=base_kind) -> dict[tuple[str, str], list[float]]:
+    """Per (mode, kind), each repeat's per-rank rate over the same repeat's 1-rank rate
+    (of kind ``against(kind)``, None: no pairing).
 
     The runs of one repeat are minutes apart at most, so their ratio is far steadier than
     the ratio of two best-of-repeats taken at different times (this VM drifts up to 2x).
     """
     out: dict[tuple[str, str], list[float]] = {}
     for r in all_runs:
-        one = next((b for b in all_runs if b["mode"] == r["mode"] and b["kind"] == base_kind(r["kind"])
+        one = next((b for b in all_runs if b["mode"] == r["mode"] and b["kind"] == against(r["kind"])
                     and b["repeat"] == r["repeat"]), None)
         if one is not None:
             out.setdefault((r["mode"], r["kind"]), []).append(r["updates_per_s_per_rank"] / one["updates_per_s_per_rank"])
@@ -181,6 +190,8 @@ def main() -> None:
             for mode in modes:
                 kinds = {
                     "base": lambda: hpcql_run(1, rows, cols, b, mode, tmp, exchange_every=x),
+                    # 1 rank on the weak rows' doubled grid and budget
+                    "base-w": lambda: hpcql_run(1, 2 * rows, cols, 2 * b, mode, tmp, exchange_every=x),
                     "strong": lambda: hpcql_run(2, rows, cols, 2 * b, mode, tmp, exchange_every=x),
                     "weak": lambda: hpcql_run(2, 2 * rows, cols, 2 * b, mode, tmp, exchange_every=x),
                     # the same with load balancing: shard boundaries follow where the updates happen
@@ -222,6 +233,10 @@ def main() -> None:
                   f"{r['speedup_vs_numpy_per_rank']:8.1f} {r['efficiency']:6.2f} {r['efficiency_median_paired']:8.2f} "
                   f"{r['migrated']:>10} "
                   f"{r['busiest_rank_share']:12.0%} {r['rebalances']:6d}")
+    same_grid = paired_efficiencies(results["all_runs"], same_grid_kind)
+    results["same_grid_efficiency_median"] = {f"{m}/{k}": float(np.median(v)) for (m, k), v in same_grid.items()}
+    for key, med in results["same_grid_efficiency_median"].items():
+        print(f"{key}: per-rank rate over 1 rank on the same {2 * args.rows}x{args.cols} grid, median {med:.2f}")
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
 
