@@ -77,7 +77,7 @@ def grid100_model():
 @pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("ranks", [1, 2, 4])
 def test_gridworld_100x100_within_one_percent(tmp_path, grid100_model, ranks, mode):
-    """The shipped job (100M updates, mixed starts) at 1, 2, 4 ranks, checked against scipy."""
+    """The shipped job (100M updates, mixed starts, load balancing) at 1, 2, 4 ranks, checked against scipy."""
     P, R, v_star = grid100_model
     out = tmp_path / "out"
     sets = {"run.out_dir": out, "algo.mode": mode, "algo.eval_points": 0, "run.progress": "none",
@@ -90,6 +90,7 @@ def test_gridworld_100x100_within_one_percent(tmp_path, grid100_model, ranks, mo
     gap = relative_gap(P, R, v_star, policy)
     assert gap < 0.01, (gap, proc.stdout)
     assert attrs["updates"] >= 100_000_000 and attrs["agents_final"] == 1024 * ranks
+    assert (attrs["rebalances"] > 0) == (ranks > 1)  # the job balances the load (a no-op at 1 rank)
     assert abs(attrs["gap_start"] - gap) < 1e-4
 
 
