@@ -7,6 +7,12 @@ shard's CSR row, apply the Q-learning update, and stop early when the successor
 (or a new start state) lies on another rank; the agent is then flagged in
 ``moved`` for migration. ``max_a Q(s', .)`` of an off-rank successor is read from
 the ghost part of ``vmax_ext`` (the halo layout's extended vector).
+
+A sampled step reads four values of one transition entry (probability, outcome
+reward, successor's global id and extended-vector column); ``pack_entries`` keeps
+them side by side in one 32-byte record (``ENTRY``), so a step touches one cache
+line for them instead of four. On grids too big for the caches that was 10-35%
+more updates per second (20,000-state gridworld; no change at 10,000 states).
 """
 
 from __future__ import annotations
@@ -21,6 +27,15 @@ ST_UPDATES, ST_ABS_TD, ST_RESTARTS, ST_MOVED = 0, 1, 2, 3
 NUM_STATS = 4
 STEP_CONSTANT, STEP_VISITS, STEP_RESCALED = 0, 1, 2
 STEP_KINDS = {"constant": STEP_CONSTANT, "visits": STEP_VISITS, "rescaled": STEP_RESCALED}
+ENTRY = np.dtype([("p", np.float64), ("r", np.float64), ("g", np.int64), ("c", np.int64)], align=True)
+"""One transition entry for sampling: probability, outcome reward, global successor, extended column."""
+
+
+def pack_entries(probs: np.ndarray, rewards: np.ndarray, gstates: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The per-entry arrays of a shard as one ``ENTRY`` record per transition entry."""
+    out = np.empty(probs.size, dtype=ENTRY)
+    out["p"], out["r"], out["g"], out["c"] = probs, rewards, gstates, cols
+    return out
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -44,12 +59,13 @@ def _exploring_start(key, restart_ctr, explore_fraction):
 
 @njit(cache=True, nogil=True, boundscheck=False)
 def advance_agents(ids, states, ctrs, ep_steps, moved, max_steps, seed_key,
-                   q, visits, vmax_ext, indptr, cols, gstates, probs, entry_rewards, absorbing,
+                   q, visits, vmax_ext, indptr, entries, absorbing,
                    row_start, gamma, epsilon, alpha, omega, step_kind,
                    explore_fraction, start_states, num_states, max_episode_steps, stats):
     """Advance every agent up to ``max_steps`` steps; returns the number of Q updates.
 
-    The reward of a step is that of the sampled outcome (``entry_rewards[k]``), so
+    ``entries`` are the shard's transition entries (``ENTRY`` records, CSR order under
+    ``indptr``). The reward of a step is that of the sampled outcome (``entries[k].r``), so
     the target's variance is that of r + gamma max Q(s') jointly, not of max Q(s')
     around a fixed expected reward (which, near a rewarding absorbing state, is
     large and, through the max, biases Q upward).
@@ -118,16 +134,16 @@ def advance_agents(ids, states, ctrs, ep_steps, moved, max_steps, seed_key,
             hi = indptr[row + 1]
             u = uniform(key, ctr, 2)
             k = lo
-            acc = probs[lo]
+            acc = entries[lo].p
             while acc <= u and k < hi - 1:
                 k += 1
-                acc += probs[k]
-            c = cols[k]
+                acc += entries[k].p
+            c = entries[k].c
             if c < n_local:
                 m = _row_max(q, c)
             else:
                 m = vmax_ext[c]
-            td = entry_rewards[k] + gamma * m - q[s, a]
+            td = entries[k].r + gamma * m - q[s, a]
             visits[s, a] += 1
             if step_kind == STEP_VISITS:
                 step = visits[s, a] ** (-omega)
@@ -140,7 +156,7 @@ def advance_agents(ids, states, ctrs, ep_steps, moved, max_steps, seed_key,
             updates += 1
             ctr += np.uint64(1)
             ep += 1
-            g = gstates[k]
+            g = entries[k].g
             if c >= n_local:
                 out = True
                 break

@@ -15,7 +15,7 @@ from hpcql.mdp.shard import sampled_rewards
 from hpcql.partition import owner_of
 from hpcql.qlearning.agents import RECORD, Agents, exchange_agents, split_migrants
 from hpcql.qlearning.kernels import (NUM_STATS, STEP_KINDS, ST_ABS_TD, ST_MOVED, ST_RESTARTS, ST_UPDATES, advance_agents,
-                                     rows_max)
+                                     pack_entries, rows_max)
 from hpcql.qlearning.rng import seed_key
 from hpcql.redistribute import RowMover
 from hpcql.tabular.problem import ShardedProblem
@@ -51,16 +51,13 @@ class Learner:
         self.algo = algo
         self.seed_key = seed_key(seed)
         self.absorbing = absorbing_states(problem)
-        self.entry_rewards = sampled_rewards(sh)
         self.q = np.full((sh.n_local, sh.num_actions), float(algo.q_init))
         # absorbing states are never updated (episodes end there): start them at their exact value
         self.q[self.absorbing] = sh.rewards[self.absorbing] / (1.0 - problem.gamma)
         self.visits = np.zeros(self.q.shape, dtype=np.int64)
         self.visits_mark = np.zeros(sh.n_local, dtype=np.int64)
         """Updates per state at the last load-balance check (see ``window_work``)."""
-        self.vmax_ext = problem.new_ext()
-        self.boundary = np.unique(problem.halo.send_flat).astype(np.int64)  # local rows other ranks read
-        self.refresh_local_max()
+        self._bind(problem)
         self.agents = Agents.create(comm.rank * algo.agents_per_rank, algo.agents_per_rank)
         self.total_agents = algo.agents_per_rank * comm.size
         self.start_states = np.asarray(algo.start_states, dtype=np.int64)
@@ -68,6 +65,15 @@ class Learner:
         self.stats = np.zeros(NUM_STATS)
         self.received = 0
         self.rounds = 0
+
+    def _bind(self, problem: ShardedProblem) -> None:
+        """Take ``problem``'s rows: packed transition entries, ghost vector, boundary rows."""
+        sh = problem.shard
+        self.problem = problem
+        self.entries = pack_entries(problem.probs, sampled_rewards(sh), sh.indices, problem.cols)
+        self.vmax_ext = problem.new_ext()
+        self.boundary = np.unique(problem.halo.send_flat).astype(np.int64)  # local rows other ranks read
+        self.refresh_local_max()
 
     # ------------------------------------------------------------------ hot path
     def advance(self, max_steps: int, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +85,7 @@ class Learner:
         p, sh, a, algo = self.problem, self.problem.shard, self.agents, self.algo
         moved = np.zeros(len(a), dtype=np.bool_)
         advance_agents(a.ids, a.states, a.ctrs, a.ep_steps, moved, max_steps, self.seed_key,
-                       self.q, self.visits, self.vmax_ext, sh.indptr, p.cols, sh.indices, p.probs, self.entry_rewards,
+                       self.q, self.visits, self.vmax_ext, sh.indptr, self.entries,
                        self.absorbing, sh.row_start, p.gamma, epsilon, algo.alpha, algo.omega,
                        STEP_KINDS[algo.step_size], self.explore_fraction, self.start_states, sh.num_states,
                        algo.max_episode_steps, self.stats)
@@ -120,15 +126,11 @@ class Learner:
         self.visits = mover.rows(self.visits)
         self.visits_mark = mover.rows(self.visits_mark)
         self.absorbing = mover.rows(self.absorbing)
-        self.problem = problem
-        self.entry_rewards = sampled_rewards(problem.shard)
-        self.vmax_ext = problem.new_ext()
-        self.boundary = np.unique(problem.halo.send_flat).astype(np.int64)
+        self._bind(problem)
         a = self.agents
         away = (a.states >= 0) & (owner_of(a.states, problem.offsets) != problem.comm.rank)
         stay, records, counts = split_migrants(a, away, problem.offsets)
         self.agents = Agents.concat([stay, Agents.unpack(exchange_agents(problem.comm, records, counts))])
-        self.refresh_local_max()
         problem.halo.exchange(self.vmax_ext)
 
     # ------------------------------------------------------------------ reporting
