@@ -6,7 +6,8 @@ same invocation. Strong scaling uses the same grid at 1 and 2 ranks; weak
 scaling doubles the grid (rows) and the budget with the ranks. Agents crowd on
 the goal's shard as epsilon decays (the "busiest rank" column shows its share of
 the updates); ``strong-b`` / ``weak-b`` repeat strong / weak with load balancing
-(``algo.rebalance_every``), which recuts the shards so each does an equal share; the ``-u`` rows repeat base/weak with epsilon fixed at 1, where
+(``algo.rebalance_every``), which recuts the shards so each does an equal share; the ``-u`` rows
+repeat base/weak with epsilon fixed at 1, where
 random-walk agents stay spread out, to show the engine's own scaling cost. The
 ``pair`` row runs two independent 1-rank jobs at the same time: the efficiency
 this machine allows two busy processes at all, the ceiling for any 2-rank row.
@@ -19,7 +20,7 @@ doubled grid) in ``--kinds``, the weak rows' rate is also divided by that run's:
 parallel efficiency on the very problem they solve.
 
     python scripts/bench_qlearning.py [--rows 100] [--cols 100] [--budget 20000000] [--repeats 3]
-        [--exchange-every 64] [--rebalance-every 20] [--modes sync,async]
+        [--exchange-every 64] [--rebalance-every 20] [--rebalance-threshold 1.1] [--modes sync,async]
         [--kinds base,strong,weak,strong-b,weak-b,base-u,weak-u,pair,base-w] [--out F]
 """
 
@@ -78,8 +79,8 @@ EXCHANGE_EVERY = 64  # steps per agent between migrations / ghost refreshes (--e
 
 
 def _launch(ranks: int, rows: int, cols: int, budget: int, mode: str, tmp: Path, uniform: bool = False,
-            tag: str = "", exchange_every: int = EXCHANGE_EVERY, rebalance_every: int = 0
-            ) -> tuple[subprocess.Popen, Path]:
+            tag: str = "", exchange_every: int = EXCHANGE_EVERY, rebalance_every: int = 0,
+            rebalance_threshold: float = 1.1) -> tuple[subprocess.Popen, Path]:
     """Start one run; ``uniform``: epsilon stays 1 (random walks), so agents stay spread over all shards;
     ``rebalance_every``: load-balance checks (algo.rebalance_every, 0: fixed partition)."""
     out = tmp / f"r{ranks}-{rows}x{cols}-{mode}-{'u' if uniform else 'g'}-b{rebalance_every}{tag}"
@@ -87,7 +88,9 @@ def _launch(ranks: int, rows: int, cols: int, budget: int, mode: str, tmp: Path,
     cfg.write_text(f'[run]\nout_dir = "{out}"\noverwrite = true\nprogress = "none"\nplots = false\n'
                    f'[env]\nkind = "gridworld"\nrows = {rows}\ncols = {cols}\nslip = 0.1\n'
                    f'[algo]\nname = "q-learning"\nmode = "{mode}"\nbudget_updates = {budget}\neval_points = 0\n'
-                   f'exchange_every = {exchange_every}\nrebalance_every = {rebalance_every}\n' + ('epsilon_schedule = "constant"\n' if uniform else ''))
+                   f'exchange_every = {exchange_every}\nrebalance_every = {rebalance_every}\n'
+                   f'rebalance_threshold = {rebalance_threshold}\n'
+                   + ('epsilon_schedule = "constant"\n' if uniform else ''))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([MPIEXEC, "-n", str(ranks), sys.executable, "-m", "hpcql", "run", str(cfg)], env=env,
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -110,10 +113,10 @@ def _collect(proc: subprocess.Popen, out: Path, ranks: int, rows: int, cols: int
 
 
 def hpcql_run(ranks: int, rows: int, cols: int, budget: int, mode: str, tmp: Path, uniform: bool = False,
-              exchange_every: int = EXCHANGE_EVERY, rebalance_every: int = 0) -> dict:
+              exchange_every: int = EXCHANGE_EVERY, rebalance_every: int = 0, rebalance_threshold: float = 1.1) -> dict:
     """One run."""
     proc, out = _launch(ranks, rows, cols, budget, mode, tmp, uniform, exchange_every=exchange_every,
-                        rebalance_every=rebalance_every)
+                        rebalance_every=rebalance_every, rebalance_threshold=rebalance_threshold)
     return _collect(proc, out, ranks, rows, cols, mode)
 
 
@@ -172,13 +175,15 @@ def main() -> None:
                     help="algo.exchange_every of every hpcql run (default %(default)s)")
     ap.add_argument("--rebalance-every", type=int, default=20,
                     help="algo.rebalance_every of the -b rows (default %(default)s)")
+    ap.add_argument("--rebalance-threshold", type=float, default=1.1,
+                    help="algo.rebalance_threshold of the -b rows (default %(default)s)")
     ap.add_argument("--kinds", default="base,strong,weak,strong-b,weak-b,base-u,weak-u,pair",
                     help="comma-separated kinds to run (default all; base / base-u are needed for efficiencies)")
     ap.add_argument("--modes", default="sync,async", help="comma-separated modes (default sync,async)")
     ap.add_argument("--out", default="bench_qlearning.json")
     args = ap.parse_args()
     results: dict = {"cpu_count": os.cpu_count(), "repeats": args.repeats, "exchange_every": args.exchange_every,
-                     "rebalance_every": args.rebalance_every,
+                     "rebalance_every": args.rebalance_every, "rebalance_threshold": args.rebalance_threshold,
                      "runs": [], "all_runs": []}
     results["numpy_baseline_updates_per_s"] = numpy_baseline(args.rows, args.cols, args.agents, args.baseline_steps)
     with tempfile.TemporaryDirectory() as d:
@@ -186,6 +191,7 @@ def main() -> None:
         b, rows, cols = args.budget, args.rows, args.cols
         x = args.exchange_every
         modes, wanted = args.modes.split(","), args.kinds.split(",")
+        balance = {"rebalance_every": args.rebalance_every, "rebalance_threshold": args.rebalance_threshold}
         for rep in range(args.repeats):  # every kind once per repeat, interleaved: drifts hit all kinds alike
             for mode in modes:
                 kinds = {
@@ -195,10 +201,8 @@ def main() -> None:
                     "strong": lambda: hpcql_run(2, rows, cols, 2 * b, mode, tmp, exchange_every=x),
                     "weak": lambda: hpcql_run(2, 2 * rows, cols, 2 * b, mode, tmp, exchange_every=x),
                     # the same with load balancing: shard boundaries follow where the updates happen
-                    "strong-b": lambda: hpcql_run(2, rows, cols, 2 * b, mode, tmp, exchange_every=x,
-                                                  rebalance_every=args.rebalance_every),
-                    "weak-b": lambda: hpcql_run(2, 2 * rows, cols, 2 * b, mode, tmp, exchange_every=x,
-                                                rebalance_every=args.rebalance_every),
+                    "strong-b": lambda: hpcql_run(2, rows, cols, 2 * b, mode, tmp, exchange_every=x, **balance),
+                    "weak-b": lambda: hpcql_run(2, 2 * rows, cols, 2 * b, mode, tmp, exchange_every=x, **balance),
                     # random-walk agents: no crowding near the goal, so this isolates the engine's
                     # own cost of scaling (migration, ghosts, reductions) from load imbalance
                     "base-u": lambda: hpcql_run(1, rows, cols, b, mode, tmp, True, x),

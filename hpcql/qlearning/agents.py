@@ -82,7 +82,7 @@ def _displs(counts: np.ndarray) -> np.ndarray:
 
 
 def exchange_agents(comm: MPI.Comm, records: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Send each rank its migrant records (sorted by destination); returns arrivals in source-rank order (collective)."""
+    """Send each rank its migrant records (sorted by destination); arrivals in source-rank order (collective)."""
     recv_counts = np.zeros(comm.size, dtype=np.int64)
     comm.Alltoall(counts, recv_counts)
     recv = np.empty((int(recv_counts.sum()), RECORD), dtype=np.int64)
