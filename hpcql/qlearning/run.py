@@ -49,9 +49,12 @@ def run_qlearning(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
     learner = collective(comm, lambda: Learner(problem, algo, cfg.run.seed))
     with timer.phase("io"):
         control.restore_learner(learner)
+    balancing = algo.rebalance_every > 0 and comm.size > 1
+    unit = "rounds" if algo.mode == "sync" else "reductions"
     console.info(f"q-learning ({algo.mode}): {learner.total_agents:,} agents, budget "
                  f"{algo.budget_updates:,} updates" + (f" / {algo.budget_seconds:g} s" if algo.budget_seconds else "")
-                 + f", exchange every {algo.exchange_every} steps, starts {algo.starts}")
+                 + f", exchange every {algo.exchange_every} steps, starts {algo.starts}"
+                 + (f", load balance check every {algo.rebalance_every} {unit}" if balancing else ""))
     evaluator = Evaluator(problem, min(algo.tol, 1e-6), algo.max_iterations, algo.start_states, timer)
     faults = FaultInjector(cfg.debug, comm.rank)
     rebalancer = Rebalancer(algo.rebalance_every, algo.rebalance_threshold)
@@ -107,7 +110,10 @@ def run_qlearning(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
         console.info(f"wrote {f}")
     console.info(f"done: {int(totals[T['updates']]):,} updates in {learn_seconds:.2f} s "
                  f"({attrs['updates_per_second'] / comm.size:.3g} updates/s/rank), "
-                 f"{int(totals[T['moved']]):,} migrations; greedy V(start) {final['greedy_value_start']:.6g}, "
+                 f"{int(totals[T['moved']]):,} migrations"
+                 + (f", {rebalancer.count} recut(s) (busiest rank "
+                    f"{max(per_rank_updates) / max(1, sum(per_rank_updates)):.0%} of the updates)" if balancing else "")
+                 + f"; greedy V(start) {final['greedy_value_start']:.6g}, "
                  f"optimal {final['optimal_value_start']:.6g}, gap {100 * final['gap_start']:.3f}%")
     rows = [[p, f"{t['min']:.3f}", f"{t['mean']:.3f}", f"{t['max']:.3f}"] for p, t in phases.items() if t["max"] > 0]
     console.table("phase times over ranks (s):", ["phase", "min", "mean", "max"], rows)
