@@ -10,6 +10,7 @@ import time
 import traceback
 from typing import Callable, TypeVar
 
+import numpy as np
 from mpi4py import MPI
 
 from hpcql.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, BadInput, RankFailure
@@ -42,6 +43,12 @@ def collective(comm: MPI.Comm, fn: Callable[[], T]) -> T:
             raise BadInput(msg, agreed=True)
         raise RankFailure(f"rank {rank} failed: {msg}")
     return result  # type: ignore[return-value]
+
+
+def displacements(counts: np.ndarray) -> np.ndarray:
+    """Exclusive prefix sum of ``counts`` (same length): the displacements of a v-collective."""
+    counts = np.asarray(counts, dtype=np.int64)
+    return np.cumsum(counts) - counts
 
 
 ABORT_GRACE_SECONDS = 0.5

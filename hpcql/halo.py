@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
+from hpcql.comm import displacements
 from hpcql.partition import owner_of
 
 
@@ -54,11 +55,6 @@ def send_lists(requests: list[np.ndarray], row_start: int) -> list[np.ndarray]:
     return [np.asarray(r, dtype=np.int64) - row_start for r in requests]
 
 
-def _displacements(counts: np.ndarray) -> np.ndarray:
-    """Exclusive prefix sum (same length as ``counts``)."""
-    return (np.cumsum(counts) - counts).astype(np.int64)
-
-
 class HaloExchange:
     """Exchanges ghost values of a sharded vector (collective set-up on ``comm``).
 
@@ -77,8 +73,8 @@ class HaloExchange:
         comm.Alltoall(recv_counts, send_req_counts)
         requested = np.empty(int(send_req_counts.sum()), dtype=np.int64)
         comm.Alltoallv(
-            [layout.ghost_states, recv_counts, _displacements(recv_counts), MPI.INT64_T],
-            [requested, send_req_counts, _displacements(send_req_counts), MPI.INT64_T],
+            [layout.ghost_states, recv_counts, displacements(recv_counts), MPI.INT64_T],
+            [requested, send_req_counts, displacements(send_req_counts), MPI.INT64_T],
         )
         splits = np.split(requested, np.cumsum(send_req_counts)[:-1])
         per_rank_send = send_lists(splits, int(offsets[rank]))
@@ -86,8 +82,8 @@ class HaloExchange:
         self.destinations = [r for r in range(comm.size) if send_req_counts[r] > 0]
         self.recv_counts = np.array([recv_counts[r] for r in self.sources], dtype=np.int64)
         self.send_counts = np.array([send_req_counts[r] for r in self.destinations], dtype=np.int64)
-        self.recv_displs = _displacements(self.recv_counts)
-        self.send_displs = _displacements(self.send_counts)
+        self.recv_displs = displacements(self.recv_counts)
+        self.send_displs = displacements(self.send_counts)
         self.send_idx = {r: per_rank_send[r] for r in self.destinations}
         self.send_flat = (
             np.concatenate([per_rank_send[r] for r in self.destinations]) if self.destinations

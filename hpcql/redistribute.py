@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
+from hpcql.comm import displacements
 from hpcql.mdp.shard import MdpShard
 
 
@@ -19,10 +20,6 @@ def overlaps(start: int, stop: int, offsets: np.ndarray) -> np.ndarray:
     """Pure: how many states of ``[start, stop)`` fall in each block of ``offsets``."""
     off = np.asarray(offsets, dtype=np.int64)
     return np.clip(np.minimum(stop, off[1:]) - np.maximum(start, off[:-1]), 0, None).astype(np.int64)
-
-
-def _displs(counts: np.ndarray) -> np.ndarray:
-    return (np.cumsum(counts) - counts).astype(np.int64)
 
 
 class RowMover:
@@ -43,8 +40,8 @@ class RowMover:
         per = int(np.prod(row_shape, dtype=np.int64)) * data.dtype.itemsize
         out = np.empty((int(recv.sum()),) + row_shape, dtype=data.dtype)
         sc, rc = send * per, recv * per
-        self.comm.Alltoallv([data.view(np.uint8).reshape(-1), sc, _displs(sc), MPI.BYTE],
-                            [out.view(np.uint8).reshape(-1), rc, _displs(rc), MPI.BYTE])
+        self.comm.Alltoallv([data.view(np.uint8).reshape(-1), sc, displacements(sc), MPI.BYTE],
+                            [out.view(np.uint8).reshape(-1), rc, displacements(rc), MPI.BYTE])
         return out
 
     def rows(self, data: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
+from hpcql.comm import displacements
 from hpcql.partition import owner_of
 
 RECORD = 4  # id, state, ctr (uint64 bits), episode step
@@ -77,16 +78,12 @@ def split_migrants(agents: Agents, moved: np.ndarray, offsets: np.ndarray) -> tu
     return agents.keep(~moved), records[order], counts
 
 
-def _displs(counts: np.ndarray) -> np.ndarray:
-    return np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
-
-
 def exchange_agents(comm: MPI.Comm, records: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Send each rank its migrant records (sorted by destination); arrivals in source-rank order (collective)."""
     recv_counts = np.zeros(comm.size, dtype=np.int64)
     comm.Alltoall(counts, recv_counts)
     recv = np.empty((int(recv_counts.sum()), RECORD), dtype=np.int64)
     send = np.ascontiguousarray(records, dtype=np.int64)
-    comm.Alltoallv([send, counts * RECORD, _displs(counts) * RECORD, MPI.INT64_T],
-                   [recv, recv_counts * RECORD, _displs(recv_counts) * RECORD, MPI.INT64_T])
+    comm.Alltoallv([send, counts * RECORD, displacements(counts) * RECORD, MPI.INT64_T],
+                   [recv, recv_counts * RECORD, displacements(recv_counts) * RECORD, MPI.INT64_T])
     return recv

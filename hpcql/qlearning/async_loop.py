@@ -200,8 +200,7 @@ def run_async(learner: Learner, monitor: Monitor, evaluator: Evaluator | None, t
         with timer.phase("wait"):
             ch.drain(learner)
         with timer.phase("reduce"):
-            comm.Allreduce(monitor.local_totals(learner.counters(), len(learner.agents)), totals,
-                                   op=MPI.SUM)
+            comm.Allreduce(monitor.local_totals(learner.counters(), len(learner.agents)), totals, op=MPI.SUM)
         totals = totals.copy()
         monitor.check_agents(totals, learner.total_agents)
         if int(totals[T["moved"]]) != int(totals[T["received"]]):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
+from hpcql.comm import displacements
 from hpcql.partition import weighted_partition
 from hpcql.qlearning.evaluate import Evaluator
 from hpcql.qlearning.learner import Learner
@@ -78,21 +79,19 @@ class Rebalancer:
         local = learner.window_work()
         counts = np.array(comm.allgather(local.size), dtype=np.int64)
         out = np.empty(int(counts.sum()), dtype=np.int64)
-        comm.Allgatherv(local, [out, counts, (np.cumsum(counts) - counts), MPI.INT64_T])
+        comm.Allgatherv(local, [out, counts, displacements(counts), MPI.INT64_T])
         return out
 
     def run(self, learner: Learner, evaluator: Evaluator | None) -> bool:
         """Check the window's balance and recut if needed (collective); True when it recut."""
         work = self.window_work(learner)
         learner.reset_window()
-        old = learner.problem
-        new_offsets = plan_partition(work, old.offsets, self.threshold)
+        new_offsets = plan_partition(work, learner.problem.offsets, self.threshold)
         if new_offsets is None:
             return False
-        problem, mover = repartition(old, new_offsets)
+        problem, mover = repartition(learner.problem, new_offsets)
         learner.repartition(problem, mover)
         if evaluator is not None:
             evaluator.repartition(problem, mover)
-        old.halo.free()
         self.count += 1
         return True

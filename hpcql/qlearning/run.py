@@ -42,9 +42,7 @@ def run_qlearning(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
         control = QLearningControl(cfg, comm, console, timer)
         resume_offsets = control.resume_offsets()
         if resume_offsets is not None and not np.array_equal(resume_offsets, problem.offsets):
-            first = problem
-            problem, _ = repartition(first, resume_offsets)  # the partition the checkpoint was cut to
-            first.halo.free()
+            problem, _ = repartition(problem, resume_offsets)  # the partition the checkpoint was cut to
     describe_problem(problem, console)
     learner = collective(comm, lambda: Learner(problem, algo, cfg.run.seed))
     with timer.phase("io"):

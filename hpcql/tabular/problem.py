@@ -100,11 +100,12 @@ def build_problem(cfg: Config, comm: MPI.Comm) -> ShardedProblem:
 def repartition(problem: ShardedProblem, offsets: np.ndarray) -> tuple[ShardedProblem, RowMover]:
     """The same problem under partition ``offsets``: MDP rows moved, halo planned again (collective).
 
-    Returns the new problem and the mover, for moving other row-sharded arrays the same way.
-    The old problem's halo stays valid until the caller frees it.
+    Returns the new problem and the mover, for moving other row-sharded arrays the same way
+    (the mover needs no halo: the old problem's is freed here).
     """
     mover = RowMover(problem.comm, problem.offsets, offsets)
     shard = mover.shard(problem.shard)
     new = make_problem(shard, np.asarray(offsets, dtype=np.int64), problem.gamma, problem.comm,
                        problem.probs.dtype == np.float32)
+    problem.halo.free()
     return new, mover
