@@ -71,6 +71,7 @@ def _run(args: argparse.Namespace) -> int:
     """The body of ``hpcql run`` (signal handlers already installed)."""
     from mpi4py import MPI
 
+    from hpcql.affinity import bind_ranks
     from hpcql.comm import abort_job
     from hpcql.config import load_config
     from hpcql.console import Console
@@ -81,8 +82,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, overrides)
         console = Console(comm, cfg.run.progress, cfg.run.status_every_seconds)
+        bound = bind_ranks(comm, cfg.run.bind_cores)
         console.info(f"hpcql {__version__}: {cfg.run.name}: {cfg.algo.name} ({cfg.algo.mode}) on {cfg.env.kind}, "
-                     f"{comm.size} rank(s), out_dir {cfg.run.out_dir}")
+                     f"{comm.size} rank(s), out_dir {cfg.run.out_dir}"
+                     + (f"; rank 0 bound to CPU(s) {bound} (run.bind_cores)" if bound else ""))
         prepare_out_dir(cfg, comm)
         _engine(cfg.algo.name)(cfg, comm, console)
         return EXIT_OK

@@ -31,6 +31,9 @@ class RunSection(Section):
     progress: Literal["auto", "bar", "log", "none"] = "auto"
     status_every_seconds: Annotated[float, Field(gt=0)] = 5.0
     plots: bool = True
+    bind_cores: Literal["auto", "off"] = "auto"
+    """auto: when the launcher left a node's ranks unbound and they fit, bind each to its own
+    equal share of the cores (what srun --cpu-bind=cores does); off: leave CPU affinity alone."""
 
 
 # ----------------------------------------------------------------------------- [env]

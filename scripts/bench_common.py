@@ -19,6 +19,13 @@ from typing import Any, Callable, Sequence
 REPO = Path(__file__).resolve().parent.parent
 
 
+def mpiexec_cmd(ranks: int) -> list[str]:
+    """``mpiexec -n ranks`` from this interpreter's environment (hpcql binds its ranks to cores
+    itself: ``run.bind_cores``)."""
+    exe = Path(sys.executable).parent / "mpiexec"
+    return [str(exe) if exe.exists() else "mpiexec", "-n", str(ranks)]
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> str:
     """A plain-text table in Markdown pipe syntax, columns padded to align."""
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from bench_common import mpiexec_cmd  # scripts/ is on sys.path when run as a script
 
 TARGET = 475.0
 EVAL_EPISODES = 20
@@ -92,17 +93,17 @@ def run_sb3(seed: int, budget: int, eval_every: int) -> dict:
 
 
 def run_hpcql(seed: int, budget: int, eval_every: int, ranks: int, mode: str, scheme: str, timeout: float,
-              job: Path = HPCQL_JOB, extra: dict | None = None) -> dict:
-    """``job`` under mpiexec; global data rate (4 envs) and batch (64) fixed across ranks; ``extra``: more --set."""
-    mpiexec = Path(sys.executable).parent / "mpiexec"
+              job: Path = HPCQL_JOB, extra: dict | None = None, bind: bool = True) -> dict:
+    """``job`` under mpiexec; global data rate (4 envs) and batch (64) fixed across ranks; ``extra``: more --set;
+    ``bind``: False sets ``run.bind_cores = off`` (ranks left unbound)."""
     with tempfile.TemporaryDirectory(prefix="bench_dqn_") as tmp:
         out = Path(tmp) / "out"
         sets = {"run.out_dir": out, "run.progress": "none", "run.plots": "false", "run.seed": seed,
                 "env.num_envs": max(1, 4 // ranks), "algo.batch_size": max(16, 64 // ranks), "algo.mode": mode,
                 "algo.async_scheme": scheme, "algo.total_steps": budget, "algo.eval_every": eval_every,
                 "algo.eval_episodes": EVAL_EPISODES, "algo.target_return": TARGET, "checkpoint.enabled": "false"}
-        sets |= extra or {}
-        cmd = [str(mpiexec if mpiexec.exists() else "mpiexec"), "-n", str(ranks), sys.executable, "-m", "hpcql",
+        sets |= {"run.bind_cores": "auto" if bind else "off"} | (extra or {})
+        cmd = mpiexec_cmd(ranks) + [sys.executable, "-m", "hpcql",
                "run", str(job)] + [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
         t0 = time.perf_counter()
         try:
@@ -144,6 +145,7 @@ def main() -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="extra hpcql --set override for every hpcql run (repeatable)")
     ap.add_argument("--json", default="bench_dqn.json", help="output JSON (default bench_dqn.json)")
+    ap.add_argument("--no-bind", action="store_true", help="run.bind_cores = off: ranks left unbound (MPICH mpiexec's default)")
     args = ap.parse_args()
 
     extra = dict(kv.split("=", 1) for kv in args.sets)
@@ -161,7 +163,7 @@ def main() -> int:
                 res = run_sb3(seed, args.budget, args.eval_every)
             else:
                 res = run_hpcql(seed, args.budget, args.eval_every, v["ranks"], v["mode"], v["scheme"], args.timeout,
-                                args.job, extra)
+                                args.job, extra, not args.no_bind)
             res["seed"] = seed
             results[name].append(res)
             print(f"seed {seed} {name}: solved={res['solved']} steps={res['steps']} "

@@ -40,7 +40,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
+from bench_common import mpiexec_cmd  # noqa: E402  (scripts/ is on sys.path when run as a script)
+
+BIND = True  # hpcql binds 2-rank runs to cores (run.bind_cores; --no-bind turns it off)
 
 
 def numpy_baseline(rows: int, cols: int, agents: int, steps: int, gamma: float = 0.99, seed: int = 0) -> float:
@@ -86,13 +88,14 @@ def _launch(ranks: int, rows: int, cols: int, budget: int, mode: str, tmp: Path,
     out = tmp / f"r{ranks}-{rows}x{cols}-{mode}-{'u' if uniform else 'g'}-b{rebalance_every}{tag}"
     cfg = tmp / f"{out.name}.toml"
     cfg.write_text(f'[run]\nout_dir = "{out}"\noverwrite = true\nprogress = "none"\nplots = false\n'
+                   f'bind_cores = "{"auto" if BIND else "off"}"\n'
                    f'[env]\nkind = "gridworld"\nrows = {rows}\ncols = {cols}\nslip = 0.1\n'
                    f'[algo]\nname = "q-learning"\nmode = "{mode}"\nbudget_updates = {budget}\neval_points = 0\n'
                    f'exchange_every = {exchange_every}\nrebalance_every = {rebalance_every}\n'
                    f'rebalance_threshold = {rebalance_threshold}\n'
                    + ('epsilon_schedule = "constant"\n' if uniform else ''))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([MPIEXEC, "-n", str(ranks), sys.executable, "-m", "hpcql", "run", str(cfg)], env=env,
+    proc = subprocess.Popen(mpiexec_cmd(ranks) + [sys.executable, "-m", "hpcql", "run", str(cfg)], env=env,
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return proc, out
 
@@ -180,8 +183,11 @@ def main() -> None:
     ap.add_argument("--kinds", default="base,strong,weak,strong-b,weak-b,base-u,weak-u,pair",
                     help="comma-separated kinds to run (default all; base / base-u are needed for efficiencies)")
     ap.add_argument("--modes", default="sync,async", help="comma-separated modes (default sync,async)")
+    ap.add_argument("--no-bind", action="store_true", help="run.bind_cores = off: ranks left unbound (MPICH mpiexec's default)")
     ap.add_argument("--out", default="bench_qlearning.json")
     args = ap.parse_args()
+    global BIND
+    BIND = not args.no_bind
     results: dict = {"cpu_count": os.cpu_count(), "repeats": args.repeats, "exchange_every": args.exchange_every,
                      "rebalance_every": args.rebalance_every, "rebalance_threshold": args.rebalance_threshold,
                      "runs": [], "all_runs": []}

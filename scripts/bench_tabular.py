@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import REPO, fmt_num, format_table, machine_info, run_capped, write_json  # noqa: E402
+from bench_common import REPO, fmt_num, mpiexec_cmd, format_table, machine_info, run_capped, write_json  # noqa: E402
 
 BIN = Path(sys.executable).parent
 START_MARKER = "BENCH_SOLVE_START"
@@ -221,7 +221,7 @@ def run_hpcql(tmp: Path, tag: str, ranks: int, env_cfg: dict[str, Any], algo: di
 
     out_dir = tmp / "runs" / tag
     cfg = write_config(tmp / "cfg" / f"{tag}.toml", out_dir, env_cfg, algo)
-    cmd = [str(BIN / "mpiexec"), "-n", str(ranks), str(BIN / "hpcql"), "run", str(cfg)]
+    cmd = mpiexec_cmd(ranks) + [str(BIN / "hpcql"), "run", str(cfg)]
     res = run_capped(cmd, cap, tmp / "logs" / f"{tag}.log", start_marker=HPCQL_MARKER, setup_limit=setup_limit,
                      env=subprocess_env(), cwd=REPO)
     rec: dict[str, Any] = {"status": res.status, "cmd": " ".join(cmd), "elapsed": res.elapsed,

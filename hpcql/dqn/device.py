@@ -8,28 +8,17 @@ import torch
 from mpi4py import MPI
 from threadpoolctl import threadpool_limits
 
-
-def node_local(comm: MPI.Comm) -> tuple[int, int]:
-    """(local rank, ranks on this node)."""
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
-    try:
-        return local.rank, local.size
-    finally:
-        local.Free()
+from hpcql.affinity import node_local, threads_per_rank
 
 
 def setup_device(comm: MPI.Comm, choice: str, deterministic: bool) -> tuple[torch.device, int]:
-    """Divide this node's cores among its ranks and pick the device (collective).
+    """Give torch and BLAS this rank's share of the node's cores and pick the device (collective).
 
     ``auto``/``cuda``: GPU ``local_rank % device_count`` when CUDA is available, else CPU.
     Returns (device, threads for torch and numpy's BLAS); OMP_NUM_THREADS, when set, caps the threads.
     """
-    local_rank, local_size = node_local(comm)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    threads = max(1, cores // local_size)
+    local_rank, _ = node_local(comm)
+    threads = threads_per_rank(comm)
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # an explicit user cap wins
         threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
     torch.set_num_threads(threads)
