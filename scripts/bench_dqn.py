@@ -190,7 +190,7 @@ def main() -> int:
     Path(args.json).write_text(json.dumps({"target": TARGET, "eval_episodes": EVAL_EPISODES, "seeds": args.seeds,
                                            "budget": args.budget, "zoo_hyperparameters": ZOO_CARTPOLE,
                                            "hpcql_job": str(args.job), "hpcql_sets": extra,
-                                           "results": results}, indent=2, default=str))
+                                           "bind_cores": "off" if args.no_bind else "auto", "results": results}, indent=2, default=str))
     print(f"json: {args.json}")
     return 0
 

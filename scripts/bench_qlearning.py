@@ -188,7 +188,7 @@ def main() -> None:
     args = ap.parse_args()
     global BIND
     BIND = not args.no_bind
-    results: dict = {"cpu_count": os.cpu_count(), "repeats": args.repeats, "exchange_every": args.exchange_every,
+    results: dict = {"cpu_count": os.cpu_count(), "bind_cores": "auto" if BIND else "off", "repeats": args.repeats, "exchange_every": args.exchange_every,
                      "rebalance_every": args.rebalance_every, "rebalance_threshold": args.rebalance_threshold,
                      "runs": [], "all_runs": []}
     results["numpy_baseline_updates_per_s"] = numpy_baseline(args.rows, args.cols, args.agents, args.baseline_steps)
