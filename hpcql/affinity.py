@@ -1,4 +1,4 @@
-"""Which cores a rank runs on: node-local ranks, binding unbound ranks, threads per rank.
+"""Which cores a rank runs on: binding unbound ranks, a rank's local index and CPU share.
 
 MPICH's ``mpiexec`` leaves ranks unbound, and the kernel then moves them between cores
 mid-run: on a small machine that cost 2-rank runs some 20-30% (cache refills, skew in
@@ -35,10 +35,10 @@ def node_comm(comm: MPI.Comm) -> Iterator[MPI.Comm]:
         local.Free()
 
 
-def node_local(comm: MPI.Comm) -> tuple[int, int]:
-    """(local rank, ranks on this node) (collective)."""
-    with node_comm(comm) as local:
-        return local.rank, local.size
+def _cpu_sets(local: MPI.Comm) -> tuple[list[int] | None, list[list[int] | None]]:
+    """(this rank's CPU set, every rank's of ``local``) (collective on ``local``)."""
+    cpus = _cpus()
+    return cpus, local.allgather(cpus)
 
 
 def share_of(cpus: list[int], local_rank: int, local_size: int) -> list[int]:
@@ -55,8 +55,7 @@ def bind_ranks(comm: MPI.Comm, mode: str) -> list[int] | None:
     differ), more ranks than CPUs, or no affinity interface.
     """
     with node_comm(comm) as local:
-        cpus = _cpus()
-        sets = local.allgather(cpus)
+        cpus, sets = _cpu_sets(local)
         if (mode == "off" or local.size < 2 or cpus is None or any(s != cpus for s in sets)
                 or len(cpus) < local.size):
             return None
@@ -65,11 +64,11 @@ def bind_ranks(comm: MPI.Comm, mode: str) -> list[int] | None:
         return mine
 
 
-def threads_per_rank(comm: MPI.Comm) -> int:
-    """CPUs this rank may use alone: its CPU set divided among the node's ranks that share it (collective)."""
+def node_share(comm: MPI.Comm) -> tuple[int, int]:
+    """(local rank, CPUs this rank may use alone): its CPU set divided among the node's ranks
+    that share exactly that set (collective)."""
     with node_comm(comm) as local:
-        cpus = _cpus()
+        cpus, sets = _cpu_sets(local)
         if cpus is None:
-            return max(1, (os.cpu_count() or 1) // local.size)
-        sharing = sum(s == cpus for s in local.allgather(cpus))
-        return max(1, len(cpus) // sharing)
+            return local.rank, max(1, (os.cpu_count() or 1) // local.size)
+        return local.rank, max(1, len(cpus) // sum(s == cpus for s in sets))

@@ -8,7 +8,7 @@ import torch
 from mpi4py import MPI
 from threadpoolctl import threadpool_limits
 
-from hpcql.affinity import node_local, threads_per_rank
+from hpcql.affinity import node_share
 
 
 def setup_device(comm: MPI.Comm, choice: str, deterministic: bool) -> tuple[torch.device, int]:
@@ -17,8 +17,7 @@ def setup_device(comm: MPI.Comm, choice: str, deterministic: bool) -> tuple[torc
     ``auto``/``cuda``: GPU ``local_rank % device_count`` when CUDA is available, else CPU.
     Returns (device, threads for torch and numpy's BLAS); OMP_NUM_THREADS, when set, caps the threads.
     """
-    local_rank, _ = node_local(comm)
-    threads = threads_per_rank(comm)
+    local_rank, threads = node_share(comm)
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # an explicit user cap wins
         threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
     torch.set_num_threads(threads)

@@ -1,4 +1,4 @@
-"""MPI script: ``affinity.bind_ranks`` / ``threads_per_rank`` under a given starting affinity.
+"""MPI script: ``affinity.bind_ranks`` / ``node_share`` under a given starting affinity.
 
 usage: bind_ranks.py MODE START   MODE: auto|off; START: "same" (as launched, unbound) or
 "own" (each rank first pins itself to one CPU, as ``mpiexec -bind-to core`` would).
@@ -12,7 +12,7 @@ import sys
 
 from mpi4py import MPI
 
-from hpcql.affinity import bind_ranks, threads_per_rank
+from hpcql.affinity import bind_ranks, node_share
 
 comm = MPI.COMM_WORLD
 mode, start = sys.argv[1], sys.argv[2]
@@ -22,7 +22,7 @@ if start == "own":
 before = sorted(os.sched_getaffinity(0))
 returned = bind_ranks(comm, mode)
 after = sorted(os.sched_getaffinity(0))
-threads = threads_per_rank(comm)
+threads = node_share(comm)[1]
 rows = comm.gather((before, after, returned, threads))
 if comm.rank == 0:
     print(json.dumps({k: [r[i] for r in rows] for i, k in enumerate(("before", "after", "returned", "threads"))}))
