@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_common import mpiexec_cmd  # scripts/ is on sys.path when run as a script
+
 ACTIONS = 4
 
 
@@ -103,10 +105,9 @@ def main() -> None:
     directory.mkdir(parents=True, exist_ok=True)
     nbytes = int(args.gib * (1 << 30))
     ref = dd(directory, nbytes)
-    mpiexec = str(Path(sys.executable).parent / "mpiexec")
     rows = []
     for n in [int(x) for x in args.ranks.split(",")]:
-        res = subprocess.run([mpiexec, "-n", str(n), sys.executable, __file__, "--worker", "--gib", str(args.gib),
+        res = subprocess.run(mpiexec_cmd(n) + [sys.executable, __file__, "--worker", "--gib", str(args.gib),
                               "--dir", str(directory)], capture_output=True, text=True, timeout=1800)
         if res.returncode != 0:
             sys.exit(f"worker at {n} ranks failed:\n{res.stderr}")

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import REPO, fmt_num, mpiexec_cmd, format_table, machine_info, run_capped, write_json  # noqa: E402
+from bench_common import REPO, fmt_num, format_table, machine_info, mpiexec_cmd, run_capped, write_json  # noqa: E402
 
 BIN = Path(sys.executable).parent
 START_MARKER = "BENCH_SOLVE_START"
