@@ -12,6 +12,7 @@ import torch
 from conftest import REPO, hpcql, set_args, write_toml
 from hpcql.config import parse_config
 from hpcql.dqn.nstep import NStepAccumulator, linear_epsilon
+from hpcql.dqn.param_server import GradientGroup
 from hpcql.dqn.replay import ReplayShard
 from hpcql.dqn.trainer import ReplicaTrainer
 
@@ -281,6 +282,33 @@ def test_diverged_replica_is_detected(tmp_path: Path) -> None:
               ranks=2, timeout=240)
     assert p.returncode != 0
     assert "replicas diverged at update 100: rank(s) [1] differ from rank 0" in p.stderr
+
+
+def test_gradient_group_steps_on_the_mean_of_size_gradients() -> None:
+    rng = np.random.default_rng(0)
+    grads = rng.normal(size=(7, 5)).astype(np.float32)
+    group = GradientGroup(5, 3)
+    out = [group.add(g) for g in grads]
+    assert [o is None for o in out] == [True, True, False, True, True, False, True]
+    np.testing.assert_allclose(out[2], grads[0:3].mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(out[5], grads[3:6].mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(group.take(), grads[6], rtol=1e-6)  # an unfinished group: the mean of what came
+    assert group.take() is None
+
+
+def test_parameter_server_steps_once_per_global_batch(tmp_path: Path) -> None:
+    """3 ranks: the master takes as many optimizer steps as a sync run of the same job (one per 3 gradients)."""
+    updates = {}
+    for mode, scheme in (("sync", "overlap"), ("async", "parameter-server")):
+        cfg = job(tmp_path, 3, mode, scheme, steps=2400, name=scheme)
+        p = hpcql(["run", str(cfg), "--set", "algo.target_return=1000", "--set", "algo.eval_every=1200"],
+                  ranks=3, timeout=240)
+        assert p.returncode == 0, p.stdout + p.stderr
+        with h5py.File(tmp_path / scheme / "result.h5", "r") as f:
+            updates[scheme] = int(f.attrs["updates"])
+            assert f.attrs["global_batch"] == 3 * 21
+    assert updates["overlap"] > 100
+    assert updates["parameter-server"] == updates["overlap"]
 
 
 # ----------------------------------------------------------------------------- learning

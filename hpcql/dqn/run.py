@@ -99,8 +99,9 @@ def run_dqn(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
     broadcast_params(comm, trainer)
     console.info(f"DQN on {cfg.env.id}: obs {obs_dim}, {num_actions} actions, MLP {algo.hidden}; {scheme}; "
                  f"{comm.size} rank(s) x {cfg.env.num_envs} env(s); batch {algo.batch_size}/rank"
-                 + (f" = {algo.batch_size * comm.size} global" if scheme != "parameter-server" else
-                    " (per pushed gradient)")
+                 + f" = {algo.batch_size * comm.size} global"
+                 + (" (the server steps on the mean of that many ranks' gradients)" if scheme == "parameter-server"
+                    else "")
                  + f"; device {device}, {trainer.engine} engine, {threads} thread(s)/rank")
     loop = DQNLoop(cfg, comm, trainer, timer, console)
     control = DQNControl(cfg, comm, console, timer)
@@ -120,7 +121,7 @@ def run_dqn(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
             "iterations": stats["updates"], "gamma": gamma, "env_id": cfg.env.id, "obs_dim": obs_dim,
             "num_actions": num_actions, "hidden": list(algo.hidden), "scheme": scheme,
             "local_batch": algo.batch_size,
-            "global_batch": algo.batch_size * (comm.size if scheme != "parameter-server" else 1),
+            "global_batch": algo.batch_size * comm.size,
             "num_envs_per_rank": cfg.env.num_envs, "torch_threads": threads, "device": str(device),
             "engine": trainer.engine,
             "solved": loop.solved_at is not None,
