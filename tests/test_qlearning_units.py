@@ -169,3 +169,35 @@ def test_plan_partition_never_empties_a_block():
     assert new is not None and new.tolist() == [0, 8, 9, 10]  # each busy state alone, rank 0 the rest
     work[8] = 0  # one state does all: no cut can lower the busiest load, so keep the partition
     assert plan_partition(work, uniform_partition(10, 3), threshold=1.1) is None
+
+
+@pytest.mark.parametrize("float32", [False, True])
+def test_packed_entries_hold_the_model_exactly(float32):
+    """Each record gives back its entry's probability, extended column and outcome reward (via the table)."""
+    from hpcql.mdp.shard import sampled_rewards
+
+    learner = _learner({"kind": "gymnasium-tabular", "id": "Taxi-v4"}, float32=float32)
+    p, sh = learner.problem, learner.problem.shard
+    e, table = learner.entries, learner.reward_table
+    assert e.dtype.itemsize == (12 if float32 else 16)
+    np.testing.assert_array_equal(table[e["ri"]], sampled_rewards(sh))
+    np.testing.assert_array_equal(e["p"], sh.probs.astype(np.float32 if float32 else np.float64))
+    np.testing.assert_array_equal(e["c"], p.cols)
+    np.testing.assert_array_equal(table, [-10.0, -1.0, 0.0, 20.0])  # 0: the added terminal state's self-loop
+
+
+def test_fixed_width_rows_learn_bitwise_like_general_csr_rows():
+    """The gridworld's rows all have 3 entries: the kernel's row*width path must match the indptr path."""
+    env = {"kind": "gridworld", "rows": 12, "cols": 12, "slip": 0.2}
+    runs = []
+    for width in (None, 0):
+        learner = _learner(env, agents_per_rank=64)
+        assert learner.width == 3
+        if width is not None:
+            learner.width = width
+        for _ in range(30):
+            learner.advance(16, 0.3)
+        runs.append((learner.q.copy(), learner.agents.states.copy(), learner.updates))
+    assert runs[0][2] > 10_000
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])

@@ -18,6 +18,7 @@ from hpcql.qlearning.kernels import (NUM_STATS, STEP_KINDS, ST_ABS_TD, ST_MOVED,
                                      pack_entries, rows_max)
 from hpcql.qlearning.rng import seed_key
 from hpcql.redistribute import RowMover
+from hpcql.tabular.kernels import row_width
 from hpcql.tabular.problem import ShardedProblem
 
 COUNTERS = ("updates", "abs_td", "restarts", "moved", "received", "rounds")
@@ -70,7 +71,8 @@ class Learner:
         """Take ``problem``'s rows: packed transition entries, ghost vector, boundary rows."""
         sh = problem.shard
         self.problem = problem
-        self.entries = pack_entries(problem.probs, sampled_rewards(sh), sh.indices, problem.cols)
+        self.entries, self.reward_table = pack_entries(problem.probs, sampled_rewards(sh), problem.cols)
+        self.width = row_width(sh.indptr)
         self.vmax_ext = problem.new_ext()
         self.boundary = np.unique(problem.halo.send_flat).astype(np.int64)  # local rows other ranks read
         self.refresh_local_max()
@@ -85,7 +87,8 @@ class Learner:
         p, sh, a, algo = self.problem, self.problem.shard, self.agents, self.algo
         moved = np.zeros(len(a), dtype=np.bool_)
         advance_agents(a.ids, a.states, a.ctrs, a.ep_steps, moved, max_steps, self.seed_key,
-                       self.q, self.visits, self.vmax_ext, sh.indptr, self.entries,
+                       self.q, self.visits, self.vmax_ext, sh.indptr, self.width, self.entries,
+                       self.reward_table, p.layout.ghost_states,
                        self.absorbing, sh.row_start, p.gamma, epsilon, algo.alpha, algo.omega,
                        STEP_KINDS[algo.step_size], self.explore_fraction, self.start_states, sh.num_states,
                        algo.max_episode_steps, self.stats)
