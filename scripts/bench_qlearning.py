@@ -21,7 +21,7 @@ parallel efficiency on the very problem they solve.
 
     python scripts/bench_qlearning.py [--rows 100] [--cols 100] [--budget 20000000] [--repeats 3]
         [--exchange-every 64] [--rebalance-every 20] [--rebalance-threshold 1.1] [--modes sync,async]
-        [--kinds base,strong,weak,strong-b,weak-b,base-u,weak-u,pair,base-w] [--out F]
+        [--kinds base,strong,weak,strong-b,weak-b,base-u,weak-u,pair,base-w] [--no-bind] [--float32] [--out F]
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 from bench_common import mpiexec_cmd  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
 BIND = True  # hpcql binds 2-rank runs to cores (run.bind_cores; --no-bind turns it off)
+FLOAT32 = False  # algo.float32: 12-byte instead of 16-byte transition records (--float32)
 
 
 def numpy_baseline(rows: int, cols: int, agents: int, steps: int, gamma: float = 0.99, seed: int = 0) -> float:
@@ -91,6 +92,7 @@ def _launch(ranks: int, rows: int, cols: int, budget: int, mode: str, tmp: Path,
                    f'bind_cores = "{"auto" if BIND else "off"}"\n'
                    f'[env]\nkind = "gridworld"\nrows = {rows}\ncols = {cols}\nslip = 0.1\n'
                    f'[algo]\nname = "q-learning"\nmode = "{mode}"\nbudget_updates = {budget}\neval_points = 0\n'
+                   f'float32 = {"true" if FLOAT32 else "false"}\n'
                    f'exchange_every = {exchange_every}\nrebalance_every = {rebalance_every}\n'
                    f'rebalance_threshold = {rebalance_threshold}\n'
                    + ('epsilon_schedule = "constant"\n' if uniform else ''))
@@ -184,11 +186,13 @@ def main() -> None:
                     help="comma-separated kinds to run (default all; base / base-u are needed for efficiencies)")
     ap.add_argument("--modes", default="sync,async", help="comma-separated modes (default sync,async)")
     ap.add_argument("--no-bind", action="store_true", help="run.bind_cores = off: ranks left unbound (MPICH mpiexec's default)")
+    ap.add_argument("--float32", action="store_true", help="algo.float32 = true: float32 transition probabilities")
     ap.add_argument("--out", default="bench_qlearning.json")
     args = ap.parse_args()
-    global BIND
+    global BIND, FLOAT32
     BIND = not args.no_bind
-    results: dict = {"cpu_count": os.cpu_count(), "bind_cores": "auto" if BIND else "off", "repeats": args.repeats, "exchange_every": args.exchange_every,
+    FLOAT32 = args.float32
+    results: dict = {"cpu_count": os.cpu_count(), "bind_cores": "auto" if BIND else "off", "float32": FLOAT32, "repeats": args.repeats, "exchange_every": args.exchange_every,
                      "rebalance_every": args.rebalance_every, "rebalance_threshold": args.rebalance_threshold,
                      "runs": [], "all_runs": []}
     results["numpy_baseline_updates_per_s"] = numpy_baseline(args.rows, args.cols, args.agents, args.baseline_steps)
