@@ -78,10 +78,20 @@ def grid100_model():
 @pytest.mark.parametrize("ranks", [1, 2, 4])
 def test_gridworld_100x100_within_one_percent(tmp_path, grid100_model, ranks, mode):
     """The shipped job (100M updates, mixed starts, load balancing) at 1, 2, 4 ranks, checked against scipy."""
-    P, R, v_star = grid100_model
+    _shipped_job_within_one_percent(tmp_path, grid100_model, ranks, mode, {})
+
+
+def test_gridworld_100x100_benchmark_settings_within_one_percent(tmp_path, grid100_model):
+    """The settings of the weak-scaling figures (float32 probabilities, 256-step rounds) still learn to 1%."""
+    _shipped_job_within_one_percent(tmp_path, grid100_model, 2, "sync",
+                                    {"algo.float32": "true", "algo.exchange_every": 256})
+
+
+def _shipped_job_within_one_percent(tmp_path, model, ranks: int, mode: str, extra: dict) -> None:
+    P, R, v_star = model
     out = tmp_path / "out"
     sets = {"run.out_dir": out, "algo.mode": mode, "algo.eval_points": 0, "run.progress": "none",
-            "checkpoint.enabled": "false"}
+            "checkpoint.enabled": "false", **extra}
     proc = hpcql(["run", str(REPO / "jobs" / "qlearning-gridworld100.toml"), *set_args(sets)], ranks=ranks,
                  timeout=480)
     assert proc.returncode == 0, proc.stdout + proc.stderr
