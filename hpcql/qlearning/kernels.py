@@ -149,10 +149,10 @@ def advance_agents(ids, states, ctrs, ep_steps, moved, max_steps, seed_key,
                 hi = indptr[row + 1]
             u = uniform(key, ctr, 2)
             k = lo
-            acc = entries[lo].p
+            acc = np.float64(entries[lo].p)  # float64 sums for float32 records too
             while acc <= u and k < hi - 1:
                 k += 1
-                acc += entries[k].p
+                acc += np.float64(entries[k].p)
             c = entries[k].c
             if c < n_local:
                 m = _row_max(q, c)
