@@ -1,10 +1,11 @@
-"""Thin MPI helpers: error agreement across ranks and job-wide abort.
+"""Thin MPI helpers: error agreement across ranks, job-wide abort, waits that yield the CPU.
 
 Modules receive a communicator; only the command line fetches COMM_WORLD.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -43,6 +44,18 @@ def collective(comm: MPI.Comm, fn: Callable[[], T]) -> T:
             raise BadInput(msg, agreed=True)
         raise RankFailure(f"rank {rank} failed: {msg}")
     return result  # type: ignore[return-value]
+
+
+def wait_yielding(request: MPI.Request, between: Callable[[], None] | None = None) -> None:
+    """Complete ``request``, running ``between`` (if given) and giving the CPU away between tests.
+
+    MPICH's blocking waits spin; with more ranks than cores (a laptop, a 2-core VM at 4
+    ranks) a spinning rank takes the core another rank needs to make the progress it waits for.
+    """
+    while not request.Test():
+        if between is not None:
+            between()
+        os.sched_yield()
 
 
 def displacements(counts: np.ndarray) -> np.ndarray:

@@ -53,6 +53,7 @@ from mpi4py import MPI
 
 from hpcql import signals
 from hpcql.checkpoint import Checkpoint, Checkpointed, CheckpointStore
+from hpcql.comm import wait_yielding
 from hpcql.config import Config
 from hpcql.console import Console
 from hpcql.dqn.envs import rank_env_seeds
@@ -110,9 +111,7 @@ class DQNControl:
         if self.request is not None:
             with self.timer.phase("wait"):
                 # keep serving / taking replies meanwhile: a parameter server must not block here
-                while not self.request.Test():
-                    if loop.scheme != "sync":
-                        loop.exchange.poll()
+                wait_yielding(self.request, loop.exchange.poll if loop.scheme != "sync" else None)
             self.request = None
             due, stop = bool(self.agreed[0]), bool(self.agreed[1])
             if due or stop:

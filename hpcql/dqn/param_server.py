@@ -18,12 +18,12 @@ N times smaller; at 4 ranks that made Acrobot-v1 miss its target in 2 of 5 runs.
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
 from mpi4py import MPI
 
+from hpcql.comm import wait_yielding
 from hpcql.dqn.trainer import ReplicaTrainer
 from hpcql.timing import PhaseTimer
 
@@ -34,16 +34,6 @@ def _message(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A byte buffer holding an int64 version header and ``n`` float32 values, and its two views."""
     buf = np.zeros(8 + 4 * n, dtype=np.uint8)
     return buf, buf[:8].view(np.int64), buf[8:].view(np.float32)
-
-
-def wait_yielding(request: MPI.Request) -> None:
-    """Complete ``request``, giving the CPU away between tests.
-
-    MPICH's blocking waits spin; with more ranks than cores (a laptop, this 2-core VM at 4
-    ranks) a spinning worker takes the core the server needs to answer it.
-    """
-    while not request.Test():
-        os.sched_yield()
 
 
 class GradientGroup:
@@ -119,10 +109,7 @@ class ParameterServer:
         group (nothing stays pending across an evaluation or checkpoint), then broadcast (collective)."""
         t0 = time.perf_counter()
         if self.comm.size > 1:
-            barrier = self.comm.Ibarrier()
-            while not barrier.Test():
-                self.serve()
-                os.sched_yield()
+            wait_yielding(self.comm.Ibarrier(), self.serve)
             MPI.Request.Waitall([r for r, _ in self.sends])
             self.sends = []
         self.timer.add("wait", time.perf_counter() - t0)

@@ -34,6 +34,8 @@ ST_UPDATES, ST_ABS_TD, ST_RESTARTS, ST_MOVED = 0, 1, 2, 3
 NUM_STATS = 4
 STEP_CONSTANT, STEP_VISITS, STEP_RESCALED = 0, 1, 2
 STEP_KINDS = {"constant": STEP_CONSTANT, "visits": STEP_VISITS, "rescaled": STEP_RESCALED}
+
+
 def entry_dtype(prob_dtype: np.dtype) -> np.dtype:
     """The packed entry record: probability (float64 or float32), extended column, reward index."""
     return np.dtype([("p", np.dtype(prob_dtype)), ("c", np.int32), ("ri", np.int32)], align=True)

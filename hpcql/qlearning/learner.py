@@ -18,7 +18,6 @@ from hpcql.qlearning.kernels import (NUM_STATS, STEP_KINDS, ST_ABS_TD, ST_MOVED,
                                      pack_entries, rows_max)
 from hpcql.qlearning.rng import seed_key
 from hpcql.redistribute import RowMover
-from hpcql.tabular.kernels import row_width
 from hpcql.tabular.problem import ShardedProblem
 
 COUNTERS = ("updates", "abs_td", "restarts", "moved", "received", "rounds")
@@ -72,7 +71,7 @@ class Learner:
         sh = problem.shard
         self.problem = problem
         self.entries, self.reward_table = pack_entries(problem.probs, sampled_rewards(sh), problem.cols)
-        self.width = row_width(sh.indptr)
+        self.width = problem.kernels.width  # row_width(sh.indptr), found when the problem was built
         self.vmax_ext = problem.new_ext()
         self.boundary = np.unique(problem.halo.send_flat).astype(np.int64)  # local rows other ranks read
         self.refresh_local_max()
