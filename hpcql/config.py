@@ -181,6 +181,10 @@ class DQNAlgo(AlgoBase):
     max_staleness: Annotated[int, Field(ge=0, le=64)] = 1
     """overlap: averaged gradients are applied exactly this many updates late; parameter-server:
     gradients a worker may have in flight (at least 1)."""
+    allreduce: Literal["shared-memory", "mpi"] = "shared-memory"
+    """How sync and overlap average gradients: shared-memory (ranks of a node sum each other's
+    vectors in an MPI-3 shared window; node leaders reduce across nodes with MPI) or mpi (one
+    MPI Allreduce / Iallreduce over all ranks). Same average, different summation order."""
     check_every: Annotated[int, Field(ge=0)] = 200
     """Updates between replica checksums (sync/overlap); 0 disables."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -265,7 +269,7 @@ class CheckpointSection(Section):
 
 
 class DebugSection(Section):
-    """Fault injection for tests: a failing or a slow rank."""
+    """Test aids: a failing, slow or signalled rank; emulated nodes."""
 
     fail_rank: int = -1
     fail_at_iteration: Annotated[int, Field(ge=0)] = 0
@@ -275,6 +279,9 @@ class DebugSection(Section):
     signal_rank: int = -1
     signal_at_iteration: Annotated[int, Field(ge=0)] = 0
     """Send SIGUSR1 to this process on signal_rank at that iteration (checkpoint/requeue tests)."""
+    ranks_per_node: Annotated[int, Field(ge=0)] = 0
+    """> 0: the shared-memory allreduce treats consecutive groups of this many ranks as nodes
+    (tests its inter-node path on one machine); 0: the real nodes."""
 
 
 class SlurmSection(Section):

@@ -4,9 +4,12 @@
 In one run, for several seeds: SB3 DQN, then hpcql at each rank count in sync, async/overlap
 and async/parameter-server modes, each until the greedy evaluation mean over 20 episodes
 reaches 475 (checked every --eval-every env steps) or --budget env steps are spent. Prints a
-table of median time-to-solve and env-steps-to-solve, the fraction of hpcql's update time
-spent communicating (in sync mode also the transfer proper: each Allreduce's fastest rank, i.e.
-without waiting for the slower replica), and writes everything as JSON.
+table of median time-to-solve and env-steps-to-solve, wall time per env step (summed over the
+solved runs, so independent of how many steps a seed needed), the fraction of hpcql's update
+time spent communicating (in sync mode also the transfer proper: each allreduce's fastest
+rank, i.e. without waiting for the slower replica; in overlap mode the share of reductions not
+complete when due), and writes everything as JSON. ``--allreduce shared-memory,mpi`` runs the
+multi-rank sync/overlap variants with both gradient reducers (MPI's own Allreduce as baseline).
 
     python scripts/bench_dqn.py --seeds 2 --budget 80000 --ranks 1,2 --json bench_dqn.json
 """
@@ -122,6 +125,7 @@ def run_hpcql(seed: int, budget: int, eval_every: int, ranks: int, mode: str, sc
                     "comm_fraction": float(a["comm_fraction"]),
                     "transfer_fraction": float(a["transfer_fraction"]) if "transfer_fraction" in a else None,
                     "staleness_mean": float(a["staleness_mean"]),
+                    "blocked_fraction": float(a["blocked_fraction"]) if "blocked_fraction" in a else None,
                     "staleness_max": int(a["staleness_max"])}
 
 
@@ -141,6 +145,9 @@ def main() -> int:
     ap.add_argument("--skip-sb3", action="store_true", help="hpcql only")
     ap.add_argument("--schemes", default="sync,overlap,parameter-server",
                     help="hpcql schemes to run (default sync,overlap,parameter-server)")
+    ap.add_argument("--allreduce", default="shared-memory",
+                    help="algo.allreduce values to compare for sync/overlap at more than 1 rank "
+                         "(comma-separated; default shared-memory; 'shared-memory,mpi' adds MPI's Allreduce as a baseline)")
     ap.add_argument("--job", type=Path, default=HPCQL_JOB, help="hpcql job file (default jobs/dqn-cartpole.toml)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="extra hpcql --set override for every hpcql run (repeatable)")
@@ -155,7 +162,11 @@ def main() -> int:
     for r in [int(x) for x in args.ranks.split(",")]:
         for label in args.schemes.split(","):
             mode, scheme = schemes[label]
-            variants.append((f"hpcql {label} x{r}", {"kind": "hpcql", "ranks": r, "mode": mode, "scheme": scheme}))
+            reducers = args.allreduce.split(",") if r > 1 and label != "parameter-server" else [None]
+            for red in reducers:
+                name = f"hpcql {label} x{r}" + (f" ({red})" if len(reducers) > 1 else "")
+                variants.append((name, {"kind": "hpcql", "ranks": r, "mode": mode, "scheme": scheme,
+                                        "sets": {"algo.allreduce": red} if red else {}}))
     results: dict[str, list[dict]] = {name: [] for name, _ in variants}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for name, v in variants:
@@ -163,14 +174,14 @@ def main() -> int:
                 res = run_sb3(seed, args.budget, args.eval_every)
             else:
                 res = run_hpcql(seed, args.budget, args.eval_every, v["ranks"], v["mode"], v["scheme"], args.timeout,
-                                args.job, extra, not args.no_bind)
+                                args.job, extra | v["sets"], not args.no_bind)
             res["seed"] = seed
             results[name].append(res)
             print(f"seed {seed} {name}: solved={res['solved']} steps={res['steps']} "
                   f"seconds={res['seconds'] and round(res['seconds'], 1)} wall={res['wall']:.1f}", flush=True)
 
-    header = ["variant", "solved", "median s to solve", "x sb3", "median env steps", "comm fraction",
-              "transfer (sync)"]
+    header = ["variant", "solved", "median s to solve", "x sb3", "median env steps", "ms per 1k env steps",
+              "comm fraction", "transfer (sync)", "not done when due (overlap)"]
     rows = []
     sb3_s = median([r["seconds"] for r in results.get("sb3-dqn (zoo)", [])])
     pct = lambda v: f"{100 * v:.1f}%" if v is not None and v >= 0 else "-"  # noqa: E731
@@ -179,9 +190,13 @@ def main() -> int:
         n = median([r["steps"] for r in runs])
         c = median([r.get("comm_fraction") for r in runs])
         tr = median([r.get("transfer_fraction") for r in runs])
-        rows.append([name, f"{sum(r['solved'] for r in runs)}/{len(runs)}", f"{s:.1f}" if s is not None else "-",
-                     f"{sb3_s / s:.2f}" if s and sb3_s else "-", f"{n:,.0f}" if n is not None else "-", pct(c),
-                     pct(tr)])
+        bl = median([r.get("blocked_fraction") for r in runs])
+        solved = [r for r in runs if r["solved"]]
+        # wall time per env step, summed over the solved runs: speed, whatever the seeds' luck in steps
+        per_k = 1000 * sum(r["seconds"] for r in solved) / sum(r["steps"] for r in solved) if solved else None
+        rows.append([name, f"{len(solved)}/{len(runs)}", f"{s:.1f}" if s is not None else "-",
+                     f"{sb3_s / s:.2f}" if s and sb3_s else "-", f"{n:,.0f}" if n is not None else "-",
+                     f"{per_k:.0f}" if per_k is not None else "-", pct(c), pct(tr), pct(bl)])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     print(f"\nCartPole-v1 to greedy mean >= {TARGET:g} over {EVAL_EPISODES} episodes "
           f"(seeds {args.seeds}, budget {args.budget:,}, {os.cpu_count()} CPUs; medians over solved runs)")

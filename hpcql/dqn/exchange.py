@@ -1,4 +1,4 @@
-"""Gradient averaging across replicas: one fused Allreduce, or an overlapped Iallreduce.
+"""Gradient averaging across replicas: one fused allreduce, or an overlapped one.
 
 Both keep every replica bit-identical: all ranks apply the same averaged gradients
 in the same order. ``check_replicas`` proves it periodically.
@@ -17,26 +17,30 @@ from torch import nn
 
 from hpcql.dqn.network import param_checksum
 from hpcql.timing import PhaseTimer
+from hpcql.vector_allreduce import MPIAllreduce, NodeAllreduce
+
+Reducer = NodeAllreduce | MPIAllreduce
 
 
 class SyncAllreduce:
-    """Average a flat gradient with one blocking ``Allreduce`` (timed as ``exchange``).
+    """Average a flat gradient with one blocking allreduce (timed as ``exchange``).
 
-    Every call's duration is kept (8 bytes per update): a rank's time in a blocking
-    Allreduce is the transfer itself plus waiting for the last replica to arrive, and
-    the last one to arrive waits for nobody. ``transfer_seconds`` sums, over the calls,
-    the shortest time any rank spent in it: the communication proper, without the skew.
+    ``reducer``: a ``vector_allreduce`` (node shared memory, or MPI). Every call's duration
+    is kept (8 bytes per update): a rank's time in a blocking allreduce is the transfer
+    itself plus waiting for the last replica to arrive, and the last one to arrive waits
+    for nobody. ``transfer_seconds`` sums, over the calls, the shortest time any rank spent
+    in it: the communication proper, without the skew.
     """
 
-    def __init__(self, comm: MPI.Comm, timer: PhaseTimer) -> None:
-        self.comm, self.timer = comm, timer
+    def __init__(self, comm: MPI.Comm, timer: PhaseTimer, reducer: Reducer) -> None:
+        self.comm, self.timer, self.reducer = comm, timer, reducer
         self.staleness: list[int] = []
         self.calls = array("d")
 
     def average(self, flat: np.ndarray) -> np.ndarray:
         if self.comm.size > 1:
             t0 = time.perf_counter()
-            self.comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
+            self.reducer.allreduce(flat)
             flat /= self.comm.size
             dt = time.perf_counter() - t0
             self.timer.add("exchange", dt)
@@ -52,68 +56,72 @@ class SyncAllreduce:
 
 
 class OverlapAllreduce:
-    """Non-blocking ``Iallreduce`` started right after backward, completed only when needed.
+    """A reduction posted right after backward, completed only when needed.
 
     The averaged gradient of update ``t`` is applied just before update
     ``t + max_staleness`` computes its own, so acting and learning overlap the
     reduction; ``staleness`` records how many updates late each one was applied.
-    Requests are tested on every env step to drive MPI progress.
+    ``poll`` (every env step, and midway through each update) lets the reducer progress.
+    ``reducer``: a ``vector_allreduce`` made with ``lag = max_staleness``.
     """
 
-    def __init__(self, comm: MPI.Comm, timer: PhaseTimer, size: int, max_staleness: int) -> None:
-        self.comm, self.timer, self.max_staleness = comm, timer, max_staleness
-        self.pool = [np.zeros(size, dtype=np.float32) for _ in range(max_staleness + 1)]
-        self.pending: deque[tuple[MPI.Request, np.ndarray, int]] = deque()
+    def __init__(self, comm: MPI.Comm, timer: PhaseTimer, reducer: Reducer, size: int,
+                 max_staleness: int) -> None:
+        self.comm, self.timer, self.reducer, self.max_staleness = comm, timer, reducer, max_staleness
+        self.out = np.zeros(size, dtype=np.float32)
+        # (sequence number, or None once collected into the array; updates applied when computed; array)
+        self.pending: deque[tuple[int | None, int, np.ndarray | None]] = deque()
         self.staleness: list[int] = []
         self.blocked = 0  # completions that had to wait (the reduction was not done yet)
 
     def start(self, flat: np.ndarray, applied: int) -> None:
-        """Start averaging ``flat`` (copied); ``applied`` = updates applied when it was computed."""
-        buf = self.pool.pop()
-        buf[...] = flat
+        """Post ``flat`` (copied); ``applied`` = updates applied when it was computed."""
         t0 = time.perf_counter()
-        req = self.comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM) if self.comm.size > 1 else MPI.REQUEST_NULL
+        seq = self.reducer.post(flat)
         self.timer.add("exchange", time.perf_counter() - t0)
-        self.pending.append((req, buf, applied))
+        self.pending.append((seq, applied, None))
 
     def poll(self) -> None:
-        """Let MPI progress the pending reductions (cheap)."""
-        for req, _, _ in self.pending:
-            if req != MPI.REQUEST_NULL:
-                req.Test()
+        """Let the pending reductions progress (cheap)."""
+        self.reducer.progress()
 
     def ready(self, applied: int, flush: bool = False) -> Iterator[np.ndarray]:
         """Yield the averaged gradients due now (all of them when ``flush``); oldest first."""
         while self.pending and (flush or len(self.pending) > self.max_staleness):
-            req, buf, at = self.pending.popleft()
+            seq, at, done = self.pending.popleft()
             t0 = time.perf_counter()
-            if req != MPI.REQUEST_NULL and not req.Test():
-                self.blocked += 1
-                req.Wait()
+            if done is None:
+                if not self.reducer.ready(seq):  # type: ignore[arg-type]
+                    self.blocked += 1
+                self.reducer.collect(seq, self.out)  # type: ignore[arg-type]
+                done = self.out
             self.timer.add("wait", time.perf_counter() - t0)
-            buf /= self.comm.size
+            done /= self.comm.size
             self.staleness.append(applied - at)
-            yield buf
-            self.pool.append(buf)
+            yield done
             applied += 1
+
+    def drop(self) -> None:
+        """Complete the pending reductions and forget them (collective)."""
+        for seq, _, done in self.pending:
+            if done is None:
+                self.reducer.collect(seq, self.out)  # type: ignore[arg-type]
+        self.pending.clear()
 
     def state_dict(self) -> dict[str, Any]:
         """Completes the pending reductions (collective; every rank holds the same ones)."""
-        grads, at = [], []
-        for req, buf, a in self.pending:
-            if req != MPI.REQUEST_NULL:
-                req.Wait()
-            grads.append(buf.copy())
-            at.append(a)
-        self.pending = deque((MPI.REQUEST_NULL, b, a) for b, a in zip(grads, at))
-        return {"grads": grads, "applied_at": at}
+        completed = deque()
+        for seq, a, done in self.pending:
+            if done is None:
+                done = np.zeros_like(self.out)
+                self.reducer.collect(seq, done)  # type: ignore[arg-type]
+            completed.append((None, a, done))
+        self.pending = completed
+        return {"grads": [d.copy() for _, _, d in completed], "applied_at": [a for _, a, _ in completed]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.pending = deque()
-        for g, a in zip(state["grads"], state["applied_at"]):
-            buf = self.pool.pop()
-            buf[...] = g
-            self.pending.append((MPI.REQUEST_NULL, buf, int(a)))
+        self.pending = deque((None, int(a), np.array(g, dtype=np.float32))
+                             for g, a in zip(state["grads"], state["applied_at"]))
 
 
 def check_replicas(comm: MPI.Comm, module: nn.Module, update: int) -> None:

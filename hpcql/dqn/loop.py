@@ -1,8 +1,9 @@
 """The DQN training loop of one rank: act, learn, exchange, evaluate, record the curve.
 
-``sync``: gradients averaged with one blocking Allreduce per update (replicas identical).
-``async`` + ``overlap``: Iallreduce overlapped with acting, applied ``max_staleness``
+``sync``: gradients averaged with one blocking allreduce per update (replicas identical).
+``async`` + ``overlap``: the allreduce overlapped with acting, applied ``max_staleness``
 updates late (replicas still identical, results still deterministic).
+Either allreduce goes through node shared memory or MPI (``algo.allreduce``; ``vector_allreduce``).
 ``async`` + ``parameter-server``: rank 0 is the server (see ``param_server``).
 """
 
@@ -25,6 +26,7 @@ from hpcql.dqn.param_server import ParameterServer, PSWorker
 from hpcql.dqn.trainer import ReplicaTrainer
 from hpcql.faults import FaultInjector
 from hpcql.timing import PhaseTimer
+from hpcql.vector_allreduce import vector_allreduce
 
 CURVE_COLUMNS = ("env_steps", "wall_seconds", "eval_return_mean", "eval_return_std", "train_return_mean",
                  "loss", "epsilon", "env_steps_per_s", "updates_per_s", "updates", "allreduce_seconds")
@@ -47,10 +49,13 @@ class DQNLoop:
         self.total_vec = math.ceil(algo.total_steps / self.steps_per_vec)
         self.eval_every_vec = max(1, round(algo.eval_every / self.steps_per_vec))
         self.learn_start_vec = max(algo.n_step, math.ceil(algo.learning_starts / self.steps_per_vec))
+        if self.scheme in ("sync", "overlap"):
+            lag = algo.max_staleness if self.scheme == "overlap" else 0
+            self.reducer = vector_allreduce(algo.allreduce, comm, trainer.flat.size, lag, cfg.debug.ranks_per_node)
         if self.scheme == "sync":
-            self.exchange: Any = SyncAllreduce(comm, timer)
+            self.exchange: Any = SyncAllreduce(comm, timer, self.reducer)
         elif self.scheme == "overlap":
-            self.exchange = OverlapAllreduce(comm, timer, trainer.flat.size, algo.max_staleness)
+            self.exchange = OverlapAllreduce(comm, timer, self.reducer, trainer.flat.size, algo.max_staleness)
         elif comm.rank == 0:
             self.exchange = ParameterServer(comm, trainer, timer)
         else:
@@ -201,13 +206,23 @@ class DQNLoop:
         """
         if self.scheme == "overlap":
             if evaluated:
-                MPI.Request.Waitall([r for r, _, _ in self.exchange.pending])
-                self.exchange.pending.clear()
+                self.exchange.drop()
             else:
                 for avg in self.exchange.ready(self.trainer.updates, flush=True):
                     self._apply(avg)
         elif self.scheme == "parameter-server" and not evaluated:
             self.exchange.quiesce()
+
+    def close(self) -> None:
+        """Free the gradient reducer's window and communicators (collective, after ``finish``)."""
+        if self.scheme in ("sync", "overlap"):
+            self.reducer.close()
+
+    def blocked_fraction(self) -> float:
+        """overlap: the share of completions, over all ranks, that waited for their reduction (collective)."""
+        waited = self.comm.allreduce(self.exchange.blocked)
+        total = self.comm.allreduce(len(self.exchange.staleness))
+        return waited / total if total else 0.0
 
     def staleness(self) -> list[int]:
         """Staleness (in updates) of the gradients applied, gathered on every rank."""

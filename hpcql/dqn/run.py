@@ -45,7 +45,7 @@ def broadcast_params(comm: MPI.Comm, trainer: ReplicaTrainer) -> None:
 
 
 def summarize(console: Console, loop: DQNLoop, phases: dict[str, dict[str, float]], staleness: list[int],
-              transfer: float | None, wall: float, path: Path) -> dict[str, float]:
+              transfer: float | None, blocked: float | None, wall: float, path: Path) -> dict[str, float]:
     """Final lines on rank 0; returns the summary numbers stored as attributes."""
     algo: DQNAlgo = loop.algo
     last = loop.curve[-1]
@@ -62,6 +62,8 @@ def summarize(console: Console, loop: DQNLoop, phases: dict[str, dict[str, float
         "transfer_fraction": transfer / update_s if transfer is not None else -1.0,
         "staleness_mean": float(np.mean(staleness)) if staleness else 0.0,
         "staleness_max": int(np.max(staleness)) if staleness else 0,
+        # overlap: share of the reductions that were not complete when their gradient was due
+        "blocked_fraction": blocked if blocked is not None else -1.0,
     }
     if loop.solved_at is not None:
         console.info(f"solved: eval mean >= {algo.target_return:g} after {loop.solved_at[0]:,} env steps, "
@@ -75,7 +77,9 @@ def summarize(console: Console, loop: DQNLoop, phases: dict[str, dict[str, float
                     if transfer is not None and loop.comm.size > 1 else ""))
     if loop.scheme != "sync":
         console.info(f"staleness seen ({loop.scheme}): mean {stats['staleness_mean']:.2f}, "
-                     f"max {stats['staleness_max']} updates over {len(staleness)} gradients")
+                     f"max {stats['staleness_max']} updates over {len(staleness)} gradients"
+                     + (f"; {100 * blocked:.1f}% of the reductions were not complete when due" if blocked is not None
+                        else ""))
     rows = [[p, f"{t['min']:.3f}", f"{t['mean']:.3f}", f"{t['max']:.3f}"] for p, t in phases.items() if t["max"] > 0]
     console.table("phase times over ranks (s):", ["phase", "min", "mean", "max"], rows)
     console.info(f"result: {path}")
@@ -108,15 +112,17 @@ def run_dqn(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
     control.restore(loop)
     loop.run(control)
     control.close()
+    loop.close()
     staleness = loop.staleness()
     transfer = loop.exchange.transfer_seconds() if scheme == "sync" else None
+    blocked = loop.blocked_fraction() if scheme == "overlap" else None
     wall = time.perf_counter() - t0
     phases = timer.aggregate(comm)
     path = result_path(cfg)
     out = Path(cfg.run.out_dir)
     attrs = common_attrs(cfg, comm, wall, phases)
     if comm.rank == 0:
-        stats = summarize(console, loop, phases, staleness, transfer, wall, path)
+        stats = summarize(console, loop, phases, staleness, transfer, blocked, wall, path)
         attrs |= stats | {
             "iterations": stats["updates"], "gamma": gamma, "env_id": cfg.env.id, "obs_dim": obs_dim,
             "num_actions": num_actions, "hidden": list(algo.hidden), "scheme": scheme,
