@@ -193,7 +193,7 @@ def main() -> int:
         bl = median([r.get("blocked_fraction") for r in runs])
         solved = [r for r in runs if r["solved"]]
         # wall time per env step, summed over the solved runs: speed, whatever the seeds' luck in steps
-        per_k = 1000 * sum(r["seconds"] for r in solved) / sum(r["steps"] for r in solved) if solved else None
+        per_k = 1e6 * sum(r["seconds"] for r in solved) / sum(r["steps"] for r in solved) if solved else None
         rows.append([name, f"{len(solved)}/{len(runs)}", f"{s:.1f}" if s is not None else "-",
                      f"{sb3_s / s:.2f}" if s and sb3_s else "-", f"{n:,.0f}" if n is not None else "-",
                      f"{per_k:.0f}" if per_k is not None else "-", pct(c), pct(tr), pct(bl)])

@@ -76,6 +76,9 @@ class OverlapAllreduce:
 
     def start(self, flat: np.ndarray, applied: int) -> None:
         """Post ``flat`` (copied); ``applied`` = updates applied when it was computed."""
+        if self.comm.size == 1:  # nothing to reduce: keep the gradient itself
+            self.pending.append((None, applied, flat.copy()))
+            return
         t0 = time.perf_counter()
         seq = self.reducer.post(flat)
         self.timer.add("exchange", time.perf_counter() - t0)
