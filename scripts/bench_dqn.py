@@ -148,6 +148,10 @@ def main() -> int:
     ap.add_argument("--allreduce", default="shared-memory",
                     help="algo.allreduce values to compare for sync/overlap at more than 1 rank "
                          "(comma-separated; default shared-memory; 'shared-memory,mpi' adds MPI's Allreduce as a baseline)")
+    ap.add_argument("--batch", default="fixed",
+                    help="comma-separated: fixed (global batch 64 and 128 updates per round at every rank count: "
+                         "64/r per rank) and/or per-rank (64 per rank, so the global batch grows with the ranks, "
+                         "and 128/r updates per round with the target refreshed once per round; default fixed)")
     ap.add_argument("--job", type=Path, default=HPCQL_JOB, help="hpcql job file (default jobs/dqn-cartpole.toml)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="extra hpcql --set override for every hpcql run (repeatable)")
@@ -163,10 +167,17 @@ def main() -> int:
         for label in args.schemes.split(","):
             mode, scheme = schemes[label]
             reducers = args.allreduce.split(",") if r > 1 and label != "parameter-server" else [None]
+            batches = args.batch.split(",") if r > 1 else ["fixed"]
             for red in reducers:
-                name = f"hpcql {label} x{r}" + (f" ({red})" if len(reducers) > 1 else "")
-                variants.append((name, {"kind": "hpcql", "ranks": r, "mode": mode, "scheme": scheme,
-                                        "sets": {"algo.allreduce": red} if red else {}}))
+                for batch in batches:
+                    name = (f"hpcql {label} x{r}" + (f" ({red})" if len(reducers) > 1 else "")
+                            + (" batch 64/rank" if batch == "per-rank" else ""))
+                    sets = {"algo.allreduce": red} if red else {}
+                    if batch == "per-rank":
+                        sets |= {"algo.batch_size": 64, "algo.gradient_steps": 128 // r,
+                                 "algo.target_update_every": 128 // r}
+                    variants.append((name, {"kind": "hpcql", "ranks": r, "mode": mode, "scheme": scheme,
+                                            "sets": sets}))
     results: dict[str, list[dict]] = {name: [] for name, _ in variants}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for name, v in variants:
