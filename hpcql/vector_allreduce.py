@@ -53,6 +53,19 @@ def node_communicator(comm: MPI.Comm, ranks_per_node: int = 0) -> MPI.Comm:
     return comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
 
 
+def sum_rows(rows: np.ndarray, lo: int, hi: int, out: np.ndarray, divisor: float) -> None:
+    """``out = (rows[0, lo:hi] + rows[1, lo:hi] + ...) / divisor`` in float32, rows added in order
+    (every rank doing this gets the same bits; at 2 ranks, the bits of MPI's sum then divide)."""
+    if rows.shape[0] == 1:
+        np.copyto(out, rows[0, lo:hi])
+    else:
+        np.add(rows[0, lo:hi], rows[1, lo:hi], out=out)
+    for r in range(2, rows.shape[0]):
+        out += rows[r, lo:hi]
+    if divisor != 1:
+        np.divide(out, np.float32(divisor), out=out)
+
+
 class NodeAllreduce:
     """Elementwise sum of ``size``-long float32 vectors over ``comm`` (collective constructor).
 
@@ -76,21 +89,21 @@ class NodeAllreduce:
             leaders = comm.Split(0 if self.leader else MPI.UNDEFINED, key=comm.rank)
             self.leaders = leaders if self.leader else None  # the others get MPI.COMM_NULL
         self.direct = self.nodes == 1 and self.node.size <= direct_max
-        ring = self.depth * size * 4
-        nbytes = FLAG_BYTES + _round_up(ring) * (2 if self.leader and not self.direct else 1)
+        stride = _round_up(size, 16)  # floats per slot: every slot starts on a cache line
+        slots_bytes = self.depth * self.node.size * stride * 4
+        sums_bytes = 0 if self.direct else self.depth * stride * 4
+        # the leader's segment holds every slot (one (depth, ranks, stride) array) and the node sums
+        nbytes = FLAG_BYTES + (slots_bytes + sums_bytes if self.leader else 0)
         self.win = MPI.Win.Allocate_shared(nbytes, 1, comm=self.node)
         self.win.Lock_all(MPI.MODE_NOCHECK)
         self.flags: list[np.ndarray] = []  # per node rank: its three flags (int64 views)
-        self.slots: list[np.ndarray] = []  # per node rank: (depth, size) float32 posted vectors
-        self.sums = np.zeros((0, size), dtype=np.float32)  # in the leader's segment: (depth, size) node sums
         for r in range(self.node.size):
             mem, _ = self.win.Shared_query(r)
-            buf = np.frombuffer(mem, dtype=np.uint8)
-            self.flags.append(buf[:FLAG_BYTES].view(np.int64)[::FLAG_STRIDE])
-            self.slots.append(buf[FLAG_BYTES:FLAG_BYTES + ring].view(np.float32).reshape(self.depth, size))
-            if r == 0 and not self.direct:
-                at = FLAG_BYTES + _round_up(ring)
-                self.sums = buf[at:at + ring].view(np.float32).reshape(self.depth, size)
+            self.flags.append(np.frombuffer(mem, dtype=np.uint8)[:FLAG_BYTES].view(np.int64)[::FLAG_STRIDE])
+        base = np.frombuffer(self.win.Shared_query(0)[0], dtype=np.uint8)[FLAG_BYTES:]
+        # posted vectors, (depth, node ranks, size); node sums, (depth, size) (empty when direct)
+        self.slots = base[:slots_bytes].view(np.float32).reshape(self.depth, self.node.size, stride)
+        self.sums = base[slots_bytes:slots_bytes + sums_bytes].view(np.float32).reshape(-1, 1, stride)
         # this rank's chunk of the node sum: an even split, or all of it on the leader of a small node
         if self.nodes > 1 and self.node.size <= direct_max:
             self.chunk = slice(0, size if self.leader else 0)
@@ -109,7 +122,7 @@ class NodeAllreduce:
         """Offer this rank's ``vec`` (copied) for the next reduction; returns its sequence number."""
         self.posted += 1
         seq = self.posted
-        self.slots[self.node.rank][seq % self.depth] = vec
+        self.slots[seq % self.depth, self.node.rank, :self.size] = vec
         self.win.Sync()
         self.flags[self.node.rank][POSTED] = seq
         self.progress()
@@ -118,11 +131,10 @@ class NodeAllreduce:
     def _all(self, flag: int, seq: int) -> bool:
         return all(int(f[flag]) >= seq for f in self.flags)
 
-    def _sum_slots(self, seq: int, out: np.ndarray, part: slice = slice(None)) -> None:
-        k = seq % self.depth
-        np.copyto(out, self.slots[0][k, part])
-        for s in self.slots[1:]:
-            out += s[k, part]
+    def _sum_slots(self, seq: int, out: np.ndarray, part: slice = slice(None), divisor: float = 1.0) -> None:
+        """``out`` = the sum of every rank's slot of reduction ``seq`` (columns ``part``) / ``divisor``."""
+        lo, hi, _ = part.indices(self.size)
+        sum_rows(self.slots[seq % self.depth], lo, hi, out, divisor)
 
     def progress(self) -> None:
         """Advance pending reductions without waiting: sum this rank's chunk of each node sum
@@ -135,7 +147,7 @@ class NodeAllreduce:
         while self.summed < self.posted and self._all(POSTED, self.summed + 1):
             self.summed += 1
             self.win.Sync()
-            self._sum_slots(self.summed, self.sums[self.summed % self.depth, self.chunk], self.chunk)
+            self._sum_slots(self.summed, self.sums[self.summed % self.depth, 0, self.chunk], self.chunk)
             self.win.Sync()
             me[SUMMED] = self.summed
         if self.leaders is None:
@@ -143,7 +155,7 @@ class NodeAllreduce:
         while self.started < self.summed and self._all(SUMMED, self.started + 1):
             self.started += 1
             self.win.Sync()
-            out = self.sums[self.started % self.depth]
+            out = self.sums[self.started % self.depth, 0, :self.size]
             self.inter.append((self.started, self.leaders.Iallreduce(MPI.IN_PLACE, out, op=MPI.SUM)))
         while self.inter and self.inter[0][1].Test():
             seq, _ = self.inter.popleft()
@@ -159,19 +171,19 @@ class NodeAllreduce:
             return int(self.flags[0][RESULT]) >= seq
         return self._all(SUMMED, seq)
 
-    def collect(self, seq: int, out: np.ndarray) -> None:
-        """Wait for reduction ``seq`` and write the sum into ``out`` (the same bits on every rank)."""
+    def collect(self, seq: int, out: np.ndarray, divisor: float = 1.0) -> None:
+        """Wait for reduction ``seq``; ``out`` = the sum / ``divisor`` (the same bits on every rank)."""
         while not self.ready(seq):
             os.sched_yield()
         self.win.Sync()
         if self.direct:
-            self._sum_slots(seq, out)
+            self._sum_slots(seq, out, divisor=divisor)
         else:
-            np.copyto(out, self.sums[seq % self.depth])
+            sum_rows(self.sums[seq % self.depth], 0, self.size, out, divisor)
 
-    def allreduce(self, vec: np.ndarray) -> np.ndarray:
-        """Blocking sum in place into ``vec``."""
-        self.collect(self.post(vec), vec)
+    def allreduce(self, vec: np.ndarray, divisor: float = 1.0) -> np.ndarray:
+        """Blocking: ``vec`` = the sum of every rank's ``vec`` / ``divisor``."""
+        self.collect(self.post(vec), vec, divisor)
         return vec
 
     def close(self) -> None:
@@ -209,14 +221,18 @@ class MPIAllreduce:
     def ready(self, seq: int) -> bool:
         return bool(self.pending[seq][0].Test())
 
-    def collect(self, seq: int, out: np.ndarray) -> None:
+    def collect(self, seq: int, out: np.ndarray, divisor: float = 1.0) -> None:
         req, buf = self.pending.pop(seq)
         req.Wait()
         np.copyto(out, buf)
+        if divisor != 1.0:
+            out /= np.float32(divisor)
         self.pool.append(buf)
 
-    def allreduce(self, vec: np.ndarray) -> np.ndarray:
+    def allreduce(self, vec: np.ndarray, divisor: float = 1.0) -> np.ndarray:
         self.comm.Allreduce(MPI.IN_PLACE, vec, op=MPI.SUM)
+        if divisor != 1.0:
+            vec /= np.float32(divisor)
         return vec
 
     def close(self) -> None:

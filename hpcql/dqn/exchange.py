@@ -40,8 +40,7 @@ class SyncAllreduce:
     def average(self, flat: np.ndarray) -> np.ndarray:
         if self.comm.size > 1:
             t0 = time.perf_counter()
-            self.reducer.allreduce(flat)
-            flat /= self.comm.size
+            self.reducer.allreduce(flat, divisor=self.comm.size)
             dt = time.perf_counter() - t0
             self.timer.add("exchange", dt)
             self.calls.append(dt)
@@ -96,10 +95,11 @@ class OverlapAllreduce:
             if done is None:
                 if not self.reducer.ready(seq):  # type: ignore[arg-type]
                     self.blocked += 1
-                self.reducer.collect(seq, self.out)  # type: ignore[arg-type]
+                self.reducer.collect(seq, self.out, divisor=self.comm.size)  # type: ignore[arg-type]
                 done = self.out
+            else:  # a sum restored from a checkpoint (or the gradient itself at 1 rank)
+                done /= self.comm.size
             self.timer.add("wait", time.perf_counter() - t0)
-            done /= self.comm.size
             self.staleness.append(applied - at)
             yield done
             applied += 1

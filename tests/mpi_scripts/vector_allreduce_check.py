@@ -50,6 +50,11 @@ while pending:
 blocking = np.arange(n, dtype=np.float32) * (comm.rank + 1)
 red.allreduce(blocking)
 assert np.array_equal(blocking, np.arange(n, dtype=np.float32) * (comm.size * (comm.size + 1) // 2))
+mean = rng.standard_normal(n).astype(np.float32)  # the mean: the float32 sum divided in float32
+want = np.sum(np.array(comm.allgather(mean), dtype=np.float64), axis=0) / comm.size
+red.allreduce(mean, divisor=comm.size)
+assert float(np.max(np.abs(mean - want))) < 1e-5, "mean"
+assert all(b == comm.allgather(mean.tobytes())[0] for b in comm.allgather(mean.tobytes()))
 red.close()
 if comm.rank == 0:
     print(f"ok nodes={getattr(red, 'nodes', 1)} direct={getattr(red, 'direct', None)}")
