@@ -7,11 +7,12 @@ Both classes have one interface: ``post`` a vector (returns a sequence number), 
 A small-message ``MPI_Allreduce`` between ranks of one node costs tens of microseconds in
 MPICH (its shared-memory transport copies through cells and handshakes); a DQN update of a
 CartPole-sized network costs a few hundred. Here each rank writes its vector into its own
-slot of an MPI-3 shared window (``Win.Allocate_shared``) and raises a sequence flag; every
-rank of the node then sums all slots itself, in node-rank order, so the sums are the same
-bits everywhere. With several nodes, each node's first rank (the leader) sums its node's
-slots, reduces those sums across leaders with ``Iallreduce`` and posts the result in its
-segment for the rest of the node.
+slot of an MPI-3 shared window (``Win.Allocate_shared``; every slot lives in the node
+leader's segment, one cache-aligned row per rank) and raises a sequence flag in its own
+segment; every rank of the node then sums all slots itself, in node-rank order, so the sums
+are the same bits everywhere. Larger nodes split that sum into chunks, one per rank. With
+several nodes, the node sums are reduced across the node leaders (each node's first rank)
+with ``Iallreduce`` and the leader raises a flag for the rest of its node.
 
 Posting and collecting are separate (``post`` / ``collect``), so an update can start a
 reduction and use its result updates later: posting never waits, and with one node nothing
