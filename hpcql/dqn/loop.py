@@ -213,8 +213,11 @@ class DQNLoop:
         elif self.scheme == "parameter-server" and not evaluated:
             self.exchange.quiesce()
 
-    def close(self) -> None:
-        """Free the gradient reducer's window and communicators (collective, after ``finish``)."""
+    def release(self) -> None:
+        """Complete and drop overlapped reductions still pending (none after ``finish``), then free
+        the gradient reducer's window and communicators (collective: every rank at the same step)."""
+        if self.scheme == "overlap":
+            self.exchange.drop()
         if self.scheme in ("sync", "overlap"):
             self.reducer.close()
 

@@ -18,7 +18,7 @@ from hpcql.dqn.loop import DQNLoop, scheme_of
 from hpcql.dqn.network import module_to_numpy
 from hpcql.dqn.output import plot_curve, write_curve_csv, write_result
 from hpcql.dqn.trainer import ReplicaTrainer
-from hpcql.errors import BadInput
+from hpcql.errors import BadInput, Checkpointed
 from hpcql.results import common_attrs, result_path
 from hpcql.timing import PhaseTimer
 
@@ -109,10 +109,15 @@ def run_dqn(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
                  + f"; device {device}, {trainer.engine} engine, {threads} thread(s)/rank")
     loop = DQNLoop(cfg, comm, trainer, timer, console)
     control = DQNControl(cfg, comm, console, timer)
-    control.restore(loop)
-    loop.run(control)
+    try:
+        control.restore(loop)
+        loop.run(control)
+    except (Checkpointed, BadInput) as exc:  # every rank stops here together: free the reducer
+        if isinstance(exc, Checkpointed) or exc.agreed:
+            loop.release()
+        raise
     control.close()
-    loop.close()
+    loop.release()
     staleness = loop.staleness()
     transfer = loop.exchange.transfer_seconds() if scheme == "sync" else None
     blocked = loop.blocked_fraction() if scheme == "overlap" else None
