@@ -46,16 +46,21 @@ def collective(comm: MPI.Comm, fn: Callable[[], T]) -> T:
     return result  # type: ignore[return-value]
 
 
-def wait_yielding(request: MPI.Request, between: Callable[[], None] | None = None) -> None:
-    """Complete ``request``, running ``between`` (if given) and giving the CPU away between tests.
+def yield_until(done: Callable[[], bool], between: Callable[[], None] | None = None) -> None:
+    """Test ``done`` until it holds, running ``between`` (if given) and giving the CPU away between tests.
 
     MPICH's blocking waits spin; with more ranks than cores (a laptop, a 2-core VM at 4
     ranks) a spinning rank takes the core another rank needs to make the progress it waits for.
     """
-    while not request.Test():
+    while not done():
         if between is not None:
             between()
         os.sched_yield()
+
+
+def wait_yielding(request: MPI.Request, between: Callable[[], None] | None = None) -> None:
+    """Complete ``request`` the ``yield_until`` way."""
+    yield_until(request.Test, between)
 
 
 def displacements(counts: np.ndarray) -> np.ndarray:

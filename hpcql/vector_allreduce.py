@@ -29,12 +29,13 @@ tests, so oversubscribed ranks do not starve the rank they wait for.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from typing import Literal, Optional
 
 import numpy as np
 from mpi4py import MPI
+
+from hpcql.comm import yield_until
 
 FLAG_STRIDE = 8  # int64s between flags: each flag on its own 64-byte cache line
 POSTED, SUMMED, RESULT = 0, 1, 2  # a rank's flags: vector posted, its chunk of the node sum written, inter-node sum
@@ -63,8 +64,13 @@ def sum_rows(rows: np.ndarray, lo: int, hi: int, out: np.ndarray, divisor: float
         np.add(rows[0, lo:hi], rows[1, lo:hi], out=out)
     for r in range(2, rows.shape[0]):
         out += rows[r, lo:hi]
+    divide(out, divisor)
+
+
+def divide(vec: np.ndarray, divisor: float) -> None:
+    """``vec /= divisor`` in float32 (no pass when ``divisor`` is 1)."""
     if divisor != 1:
-        np.divide(out, np.float32(divisor), out=out)
+        np.divide(vec, np.float32(divisor), out=vec)
 
 
 class NodeAllreduce:
@@ -81,7 +87,7 @@ class NodeAllreduce:
 
     def __init__(self, comm: MPI.Comm, size: int, lag: int = 0, ranks_per_node: int = 0,
                  direct_max: int = DIRECT_MAX) -> None:
-        self.comm, self.size, self.depth = comm, size, 2 * (lag + 1)
+        self.size, self.depth = size, 2 * (lag + 1)
         self.node = node_communicator(comm, ranks_per_node)
         self.leader = self.node.rank == 0
         self.nodes = comm.allreduce(1 if self.leader else 0, op=MPI.SUM)
@@ -174,8 +180,7 @@ class NodeAllreduce:
 
     def collect(self, seq: int, out: np.ndarray, divisor: float = 1.0) -> None:
         """Wait for reduction ``seq``; ``out`` = the sum / ``divisor`` (the same bits on every rank)."""
-        while not self.ready(seq):
-            os.sched_yield()
+        yield_until(lambda: self.ready(seq))
         self.win.Sync()
         if self.direct:
             self._sum_slots(seq, out, divisor=divisor)
@@ -226,14 +231,12 @@ class MPIAllreduce:
         req, buf = self.pending.pop(seq)
         req.Wait()
         np.copyto(out, buf)
-        if divisor != 1.0:
-            out /= np.float32(divisor)
+        divide(out, divisor)
         self.pool.append(buf)
 
     def allreduce(self, vec: np.ndarray, divisor: float = 1.0) -> np.ndarray:
         self.comm.Allreduce(MPI.IN_PLACE, vec, op=MPI.SUM)
-        if divisor != 1.0:
-            vec /= np.float32(divisor)
+        divide(vec, divisor)
         return vec
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from hpcql.dqn.network import param_checksum
 from hpcql.timing import PhaseTimer
-from hpcql.vector_allreduce import MPIAllreduce, NodeAllreduce
+from hpcql.vector_allreduce import MPIAllreduce, NodeAllreduce, divide
 
 Reducer = NodeAllreduce | MPIAllreduce
 
@@ -98,7 +98,7 @@ class OverlapAllreduce:
                 self.reducer.collect(seq, self.out, divisor=self.comm.size)  # type: ignore[arg-type]
                 done = self.out
             else:  # a sum restored from a checkpoint (or the gradient itself at 1 rank)
-                done /= self.comm.size
+                divide(done, self.comm.size)
             self.timer.add("wait", time.perf_counter() - t0)
             self.staleness.append(applied - at)
             yield done
