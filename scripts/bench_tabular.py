@@ -144,11 +144,20 @@ def triad_bandwidth(n: int, reps: int) -> dict[str, float]:
     return {"elements": n, "bytes_per_element": 40, "seconds": best, "gbs": 40 * n / best / 1e9}
 
 
-def hpcql_sweep(m: dict[str, Any]):
-    """The sweep kernel an hpcql run uses on this model (fixed-width rows when they are uniform)."""
-    from hpcql.tabular.kernels import kernels_for_rows
+def hpcql_sweep(m: dict[str, Any], hints: bool = True):
+    """The sweep kernel an hpcql run uses on this model (fixed-width rows when they are uniform,
+    prefetch hints when its gathers are scattered); ``hints=False``: the same without prefetch hints."""
+    from hpcql.tabular.kernels import kernels_for, kernels_for_rows
 
-    return kernels_for_rows(m["indptr"]).bellman_sweep
+    kernels = kernels_for_rows(m["indptr"], m["indices"], m["A"])
+    return (kernels if hints else kernels_for(kernels.width)).bellman_sweep
+
+
+def uses_prefetch(m: dict[str, Any]) -> bool:
+    """Whether hpcql's kernel for this model issues prefetch hints."""
+    from hpcql.tabular.kernels import scattered_gathers
+
+    return scattered_gathers(m["indptr"], m["indices"], m["A"])
 
 
 def time_kernels(m: dict[str, Any], gamma: float, reps: int) -> dict[str, Any]:
@@ -173,6 +182,8 @@ def time_kernels(m: dict[str, Any], gamma: float, reps: int) -> dict[str, Any]:
 
     ref = scipy_sweep()
     kernels = {"numba": hpcql_sweep(m), "numba_csr": CSR.bellman_sweep}
+    if uses_prefetch(m):
+        kernels["numba_nohints"] = hpcql_sweep(m, hints=False)
     for kernel in kernels.values():
         kernel(m["indptr"], m["indices"], m["probs"], R, V, v_out, gamma, pol)  # JIT / cache load
         assert np.allclose(ref, v_out, rtol=1e-12, atol=1e-12), "numba and scipy sweeps disagree"
@@ -446,9 +457,10 @@ def run_peer(tmp: Path, tag: str, name: str, model_dir: Path, gamma: float, eps:
     return rec
 
 
-def _pair_worker(m: dict[str, Any], gamma: float, reps: int, barrier: Any, results: Any, slot: int) -> None:
+def _pair_worker(m: dict[str, Any], gamma: float, reps: int, hints: bool, barrier: Any, results: Any,
+                 slot: int) -> None:
     """One of the concurrent kernel processes: its own copy of the model, sweeps after the barrier."""
-    bellman_sweep = hpcql_sweep(m)
+    bellman_sweep = hpcql_sweep(m, hints)
     indptr, cols, probs, R = (np.array(m[k], copy=True) for k in ("indptr", "indices", "probs", "rewards"))
     V = np.random.default_rng(2).random(m["S"])
     v_out = np.empty(m["S"])
@@ -463,18 +475,18 @@ def _pair_worker(m: dict[str, Any], gamma: float, reps: int, barrier: Any, resul
     results[slot] = float(np.median(times))
 
 
-def concurrent_kernel_time(m: dict[str, Any], gamma: float, reps: int, procs: int) -> float:
+def concurrent_kernel_time(m: dict[str, Any], gamma: float, reps: int, procs: int, hints: bool = True) -> float:
     """Median per-sweep time of the numba kernel when ``procs`` processes sweep private copies at once.
 
     The ratio to the one-process time is what the machine itself (shared memory bandwidth,
     caches, cores) allows two ranks: an upper bound on 1 -> 2 strong-scaling efficiency for
-    this kernel, independent of any communication.
+    this kernel, independent of any communication. ``hints=False``: without prefetch hints.
     """
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
     barrier, results = ctx.Barrier(procs), ctx.Array("d", procs)
-    workers = [ctx.Process(target=_pair_worker, args=(m, gamma, reps, barrier, results, i)) for i in range(procs)]
+    workers = [ctx.Process(target=_pair_worker, args=(m, gamma, reps, hints, barrier, results, i)) for i in range(procs)]
     for w in workers:
         w.start()
     for w in workers:
@@ -509,6 +521,10 @@ def part_a(models: list[dict[str, Any]], args, tmp: Path, out: dict[str, Any]) -
                    ("hpcql bellman_sweep (numba, 1 proc)", kt["numba"], 1),
                    ("hpcql bellman_sweep, general CSR rows (1 proc)", kt["numba_csr"], 1),
                    ("hpcql bellman_sweep, 2 procs at once (each)", pair, 1)]
+        if "numba_nohints" in kt:  # the prefetch hints' effect, alone and with two processes sweeping
+            entries += [("hpcql bellman_sweep without prefetch hints (1 proc)", kt["numba_nohints"], 1),
+                        ("hpcql bellman_sweep without prefetch hints, 2 procs at once (each)",
+                         concurrent_kernel_time(m, 0.99, args.sweep_reps, 2, hints=False), 1)]
         for ranks in args.ranks:
             # two runs, n and 3n sweeps: the difference cancels start-up (numba cache load, first-touch, setup)
             n1 = args.part_a_sweeps

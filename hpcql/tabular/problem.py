@@ -28,7 +28,8 @@ class ShardedProblem:
     probs: np.ndarray
     gamma: float
     kernels: Kernels
-    """Bellman kernels for this shard's row layout (fixed-width rows when every row has the same count)."""
+    """Bellman kernels for this shard's row layout (fixed-width rows when every row has the same count;
+    prefetch hints when its gathers are scattered)."""
 
     @property
     def n_local(self) -> int:
@@ -87,7 +88,7 @@ def make_problem(shard: MdpShard, offsets: np.ndarray, gamma: float, comm: MPI.C
     halo = HaloExchange(comm, layout, offsets)
     probs = shard.probs.astype(np.float32 if float32 else np.float64)
     return ShardedProblem(comm, shard, offsets, layout, halo, layout.local_cols, probs, gamma,
-                          kernels_for_rows(shard.indptr))
+                          kernels_for_rows(shard.indptr, layout.local_cols, shard.num_actions))
 
 
 def build_problem(cfg: Config, comm: MPI.Comm) -> ShardedProblem:

@@ -1,0 +1,35 @@
+"""``prefetch(a, i)``: a numba intrinsic that asks the CPU for ``a[i]``'s cache line ahead of use.
+
+It lowers to LLVM's ``llvm.prefetch`` (read, keep in all cache levels): a hint
+that never faults and changes no result, so kernels may issue it for addresses
+they will gather a few iterations later. Random gathers (a random MDP's
+successors spread over the whole value vector) otherwise stall on one cache
+miss after another once the out-of-order window is full; see
+``tabular.kernels`` for where it is used.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+
+@intrinsic
+def prefetch(typingctx, array, index):  # noqa: ARG001 (numba passes the typing context)
+    """Hint that ``array[index]`` (a 1-d array, an integer index in bounds) is read soon."""
+    if not isinstance(array, types.Array) or array.ndim != 1 or not isinstance(index, types.Integer):
+        return None
+    sig = types.void(array, index)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [args[1]], wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])  # read, high locality, data
+        return context.get_dummy_value()
+
+    return sig, codegen
