@@ -225,6 +225,33 @@ def test_numpy_engine_matches_torch_autograd_and_adam(extra: dict) -> None:
     np.testing.assert_allclose(fast.np_net.forward(fast.np_online, obs), q, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_minibatch_prepared_while_waiting_gives_the_same_updates(engine: str) -> None:
+    """Sync mode draws the next minibatch (and the target's values) during the allreduce wait:
+    bitwise the same updates as drawing it at the update, target refreshes in between included."""
+    def make() -> ReplicaTrainer:
+        cfg = parse_config({"env": {"kind": "gymnasium", "id": "CartPole-v1", "num_envs": 2},
+                            "algo": {"name": "dqn", "batch_size": 32, "hidden": [32, 16], "engine": engine,
+                                     "lr": 1e-2, "target_update_every": 3}})
+        t = ReplicaTrainer(cfg.algo, cfg.env, 4, 2, 0.99, seed=7, rank=0, device=torch.device("cpu"))
+        for _ in range(300):
+            t.act(1.0)
+        return t
+
+    plain, early = make(), make()
+    for step in range(40):
+        g_plain = plain.compute_grads().copy()
+        g_early = early.compute_grads().copy()
+        assert early.prepared is None
+        assert g_plain.tobytes() == g_early.tobytes(), f"update {step}"
+        early.prepare_batch()  # as SyncAllreduce.average's wait does, before the update is applied
+        plain.apply_grads(g_plain)
+        early.apply_grads(g_early)  # every third one refreshes the target the prepared values came from
+    assert plain.flat.gather_params().tobytes() == early.flat.gather_params().tobytes()
+    with pytest.raises(RuntimeError, match="prepared minibatch"):
+        early.state_dict()
+
+
 def test_optimizer_state_moves_between_engines() -> None:
     """A numpy-engine state (Adam moments included) resumes on the torch engine and the other way round."""
     ref, fast = _trainer_pair({})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from array import array
 from collections import deque
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from mpi4py import MPI
@@ -30,6 +30,10 @@ class SyncAllreduce:
     itself plus waiting for the last replica to arrive, and the last one to arrive waits
     for nobody. ``transfer_seconds`` sums, over the calls, the shortest time any rank spent
     in it: the communication proper, without the skew.
+
+    ``meanwhile`` (optional): work that a rank which arrives early does once while it waits
+    for the others (the next update's minibatch, ``ReplicaTrainer.prepare_batch``). Its time
+    counts as ``compute``, not ``exchange``.
     """
 
     def __init__(self, comm: MPI.Comm, timer: PhaseTimer, reducer: Reducer) -> None:
@@ -37,13 +41,26 @@ class SyncAllreduce:
         self.staleness: list[int] = []
         self.calls = array("d")
 
-    def average(self, flat: np.ndarray) -> np.ndarray:
-        if self.comm.size > 1:
-            t0 = time.perf_counter()
-            self.reducer.allreduce(flat, divisor=self.comm.size)
-            dt = time.perf_counter() - t0
-            self.timer.add("exchange", dt)
-            self.calls.append(dt)
+    def average(self, flat: np.ndarray, meanwhile: Callable[[], None] | None = None) -> np.ndarray:
+        if self.comm.size == 1:
+            return flat
+        busy = 0.0
+
+        def between() -> None:
+            nonlocal busy, meanwhile
+            if meanwhile is not None:
+                job, meanwhile = meanwhile, None
+                t = time.perf_counter()
+                job()
+                busy += time.perf_counter() - t
+
+        t0 = time.perf_counter()
+        self.reducer.allreduce(flat, divisor=self.comm.size, between=between)
+        dt = time.perf_counter() - t0 - busy
+        self.timer.add("exchange", dt)
+        if busy:
+            self.timer.add("compute", busy)
+        self.calls.append(dt)
         return flat
 
     def transfer_seconds(self) -> float:

@@ -96,13 +96,17 @@ class DQNLoop:
             with self.timer.phase("exchange"):
                 check_replicas(self.comm, t.q, t.updates)
 
-    def update(self) -> None:
-        """One gradient update, the way the mode says."""
+    def update(self, another_follows: bool = False) -> None:
+        """One gradient update, the way the mode says.
+
+        ``another_follows``: the next update comes right after this one (same training round, no
+        acting in between); sync mode then draws its minibatch while waiting for the allreduce.
+        """
         self.faults.tick(self.trainer.updates)
         if self.scheme == "sync":
             with self.timer.phase("compute"):
                 grad = self.trainer.compute_grads()
-            self._apply(self.exchange.average(grad))
+            self._apply(self.exchange.average(grad, self.trainer.prepare_batch if another_follows else None))
         elif self.scheme == "overlap":
             with self.timer.phase("compute"):  # MPI advances the pending reductions midway (poll)
                 grad = self.trainer.compute_grads(self.exchange.poll)
@@ -177,8 +181,8 @@ class DQNLoop:
                 if self.scheme != "sync":
                     self.exchange.poll()
                 if t.vec_steps >= self.learn_start_vec and t.vec_steps % a.train_every == 0:
-                    for _ in range(a.gradient_steps):
-                        self.update()
+                    for i in range(a.gradient_steps):
+                        self.update(another_follows=i + 1 < a.gradient_steps)
                 if t.vec_steps % self.eval_every_vec == 0:
                     self.evaluated_at = t.vec_steps
                     if self._solved(self.evaluate()):

@@ -70,21 +70,34 @@ class NumpyMLP:
         x = np.ascontiguousarray(obs, dtype=np.float32).reshape(len(obs), -1)
         return self.forward(layers, x).argmax(axis=1)
 
+    @staticmethod
+    def stacked_inputs(b: Batch) -> np.ndarray:
+        """``[obs; next_obs]`` as one float32 array: the online network sees both in one pass."""
+        return np.concatenate([b.obs, b.next_obs]).astype(np.float32, copy=False)
+
+    def target_values(self, target: list[Layer], x: np.ndarray) -> np.ndarray:
+        """The target network's Q-values of the next observations (the second half of ``x``)."""
+        return self.forward(target, x[len(x) // 2:])
+
     def td_grads(self, online: list[Layer], target: list[Layer], b: Batch, grads: list[Layer],
-                 double_dqn: bool, delta: float, progress: Callable[[], None] | None = None) -> float:
+                 double_dqn: bool, delta: float, progress: Callable[[], None] | None = None,
+                 x: np.ndarray | None = None, q_next_target: np.ndarray | None = None) -> float:
         """Mean Huber loss of the (Double) DQN n-step TD error; its gradient is written into ``grads``.
 
         Targets ``ret + discount * (1 - done) * Q_target(next_obs, a*)``, with ``a*`` the
         online network's greedy action (Double DQN) or the target's own; no gradient flows
         through them. ``progress`` (if given) is called between the forward and backward passes
-        (the overlap scheme lets MPI advance its pending reductions there).
+        (the overlap scheme lets MPI advance its pending reductions there). ``x`` and
+        ``q_next_target``, when given, are ``stacked_inputs(b)`` and ``target_values`` computed
+        earlier (they do not depend on the online parameters).
         """
         n = len(b.action)
         rows = np.arange(n)
-        x = np.concatenate([b.obs, b.next_obs]).astype(np.float32, copy=False)
+        x = self.stacked_inputs(b) if x is None else x
         acts = [x]
         q_both = self.forward(online, x, acts)  # online Q of obs and next_obs in one pass
-        q_next_target = self.forward(target, x[n:])
+        if q_next_target is None:
+            q_next_target = self.target_values(target, x)
         if progress is not None:
             progress()
         if double_dqn:

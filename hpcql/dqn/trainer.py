@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -19,6 +19,15 @@ from hpcql.dqn.numpy_mlp import Batch, NumpyMLP
 from hpcql.dqn.replay import ReplayShard
 
 STATE_VERSION = 2  # 2: the optimizer holds one flat parameter
+
+
+class Prepared(NamedTuple):
+    """The next update's minibatch, drawn early (``ReplicaTrainer.prepare_batch``)."""
+
+    batch: dict[str, np.ndarray]
+    x: np.ndarray | None  # numpy engine: ``NumpyMLP.stacked_inputs``
+    q_next_target: np.ndarray | None  # numpy engine: the target network's values of next_obs
+    target_version: int  # ``ReplicaTrainer.target_version`` when they were computed
 
 
 def _to_numpy(obj: Any) -> Any:
@@ -81,6 +90,8 @@ class ReplicaTrainer:
         self.finished_returns: list[float] = []  # training episodes finished since the last drain
         self.loss_sum = 0.0
         self.loss_count = 0
+        self.target_version = 0  # bumped whenever the target network changes
+        self.prepared: Prepared | None = None
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
@@ -113,15 +124,40 @@ class ReplicaTrainer:
         self.vec_steps += 1
 
     # ------------------------------------------------------------------ learning
+    def prepare_batch(self) -> None:
+        """Draw the next update's minibatch now, with (numpy engine) the target network's values
+        of its next observations: the part of an update that does not depend on the online
+        parameters, for a rank that would otherwise wait for the others' gradients.
+
+        Only call it when the next thing to use ``rng`` is the next ``compute_grads`` (no acting
+        in between): the draws then come in the same order and the update is bitwise the same.
+        A target refresh in between only makes ``compute_grads`` recompute the target values.
+        """
+        if self.prepared is not None:
+            return
+        b = self.replay.sample(self.rng, self.algo.batch_size)
+        x = q_next_target = None
+        if self.engine == "numpy":
+            x = self.np_net.stacked_inputs(Batch(**b))
+            q_next_target = self.np_net.target_values(self.np_target, x)
+        self.prepared = Prepared(b, x, q_next_target, self.target_version)
+
     def compute_grads(self, progress: Callable[[], None] | None = None) -> np.ndarray:
         """Double-DQN n-step Huber loss on a local minibatch; the gradient lands in ``flat.array``.
 
         ``progress`` is called midway (before the backward pass): the overlap scheme's MPI progress.
+        The minibatch is the one ``prepare_batch`` drew, if it was called since the last update.
         """
-        b = self.replay.sample(self.rng, self.algo.batch_size)
+        prep, self.prepared = self.prepared, None
+        b = prep.batch if prep is not None else self.replay.sample(self.rng, self.algo.batch_size)
         if self.engine == "numpy":
+            x = q_next_target = None
+            if prep is not None:
+                x = prep.x
+                if prep.target_version == self.target_version:
+                    q_next_target = prep.q_next_target
             loss = self.np_net.td_grads(self.np_online, self.np_target, Batch(**b), self.np_grads,
-                                        self.algo.double_dqn, self.algo.huber_delta, progress)
+                                        self.algo.double_dqn, self.algo.huber_delta, progress, x, q_next_target)
             self.loss_sum += loss
             self.loss_count += 1
             return self.flat.array
@@ -160,6 +196,7 @@ class ReplicaTrainer:
         """Hard copy of the online network into the target network."""
         with torch.no_grad():
             self.target_flat.param.copy_(self.flat.param)
+        self.target_version += 1
 
     def drain_stats(self) -> tuple[float, int, list[float]]:
         """(loss sum, loss count, finished training-episode returns) since the last call."""
@@ -172,7 +209,10 @@ class ReplicaTrainer:
         """Everything needed to continue bit-exactly: numpy arrays and plain Python values.
 
         The vector env (physics state, its RNGs, time limits) is stored pickled as uint8.
+        A minibatch drawn ahead (``prepare_batch``) is not part of it: saving one would lose a draw.
         """
+        if self.prepared is not None:
+            raise RuntimeError("state_dict with a prepared minibatch pending (save between training rounds)")
         rng_state: dict[str, Any] = {
             "numpy": copy.deepcopy(self.rng.bit_generator.state),
             "torch": torch.get_rng_state().numpy().copy(),
@@ -207,6 +247,8 @@ class ReplicaTrainer:
             raise ValueError(f"trainer state version {state['version']} != {STATE_VERSION}")
         module_from_numpy(self.q, state["q"])
         module_from_numpy(self.target, state["target"])
+        self.target_version += 1
+        self.prepared = None
         self.load_optimizer_state(state["optimizer"])
         self.replay.load_state_dict(state["replay"])
         self.nstep.load_state_dict(state["nstep"])
