@@ -31,9 +31,9 @@ class SyncAllreduce:
     for nobody. ``transfer_seconds`` sums, over the calls, the shortest time any rank spent
     in it: the communication proper, without the skew.
 
-    ``meanwhile`` (optional): work that a rank which arrives early does once while it waits
-    for the others (the next update's minibatch, ``ReplicaTrainer.prepare_batch``). Its time
-    counts as ``compute``, not ``exchange``.
+    ``meanwhile`` (optional): work that a rank which arrives early does while it waits for the
+    others, one piece per test of the reduction until it returns False (upcoming updates'
+    minibatches, ``ReplicaTrainer.prepare_batch``). Its time counts as ``compute``, not ``exchange``.
     """
 
     def __init__(self, comm: MPI.Comm, timer: PhaseTimer, reducer: Reducer) -> None:
@@ -41,7 +41,7 @@ class SyncAllreduce:
         self.staleness: list[int] = []
         self.calls = array("d")
 
-    def average(self, flat: np.ndarray, meanwhile: Callable[[], None] | None = None) -> np.ndarray:
+    def average(self, flat: np.ndarray, meanwhile: Callable[[], bool] | None = None) -> np.ndarray:
         if self.comm.size == 1:
             return flat
         busy = 0.0
@@ -49,9 +49,9 @@ class SyncAllreduce:
         def between() -> None:
             nonlocal busy, meanwhile
             if meanwhile is not None:
-                job, meanwhile = meanwhile, None
                 t = time.perf_counter()
-                job()
+                if not meanwhile():
+                    meanwhile = None
                 busy += time.perf_counter() - t
 
         t0 = time.perf_counter()

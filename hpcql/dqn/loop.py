@@ -9,6 +9,7 @@ Either allreduce goes through node shared memory or MPI (``algo.allreduce``; ``v
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any
@@ -96,17 +97,18 @@ class DQNLoop:
             with self.timer.phase("exchange"):
                 check_replicas(self.comm, t.q, t.updates)
 
-    def update(self, another_follows: bool = False) -> None:
+    def update(self, updates_after: int = 0) -> None:
         """One gradient update, the way the mode says.
 
-        ``another_follows``: the next update comes right after this one (same training round, no
-        acting in between); sync mode then draws its minibatch while waiting for the allreduce.
+        ``updates_after``: updates that follow this one before the next acting (the rest of the
+        training round); sync mode draws their minibatches while it waits for an allreduce.
         """
         self.faults.tick(self.trainer.updates)
         if self.scheme == "sync":
             with self.timer.phase("compute"):
                 grad = self.trainer.compute_grads()
-            self._apply(self.exchange.average(grad, self.trainer.prepare_batch if another_follows else None))
+            ahead = functools.partial(self.trainer.prepare_batch, updates_after) if updates_after else None
+            self._apply(self.exchange.average(grad, ahead))
         elif self.scheme == "overlap":
             with self.timer.phase("compute"):  # MPI advances the pending reductions midway (poll)
                 grad = self.trainer.compute_grads(self.exchange.poll)
@@ -182,7 +184,7 @@ class DQNLoop:
                     self.exchange.poll()
                 if t.vec_steps >= self.learn_start_vec and t.vec_steps % a.train_every == 0:
                     for i in range(a.gradient_steps):
-                        self.update(another_follows=i + 1 < a.gradient_steps)
+                        self.update(updates_after=a.gradient_steps - i - 1)
                 if t.vec_steps % self.eval_every_vec == 0:
                     self.evaluated_at = t.vec_steps
                     if self._solved(self.evaluate()):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+from collections import deque
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -91,7 +92,7 @@ class ReplicaTrainer:
         self.loss_sum = 0.0
         self.loss_count = 0
         self.target_version = 0  # bumped whenever the target network changes
-        self.prepared: Prepared | None = None
+        self.prepared: deque[Prepared] = deque()  # minibatches drawn ahead, oldest first
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
@@ -124,31 +125,33 @@ class ReplicaTrainer:
         self.vec_steps += 1
 
     # ------------------------------------------------------------------ learning
-    def prepare_batch(self) -> None:
-        """Draw the next update's minibatch now, with (numpy engine) the target network's values
-        of its next observations: the part of an update that does not depend on the online
-        parameters, for a rank that would otherwise wait for the others' gradients.
+    def prepare_batch(self, limit: int = 1) -> bool:
+        """Draw one more upcoming update's minibatch now, with (numpy engine) the target network's
+        values of its next observations, unless ``limit`` are drawn already; whether it drew one.
 
-        Only call it when the next thing to use ``rng`` is the next ``compute_grads`` (no acting
-        in between): the draws then come in the same order and the update is bitwise the same.
-        A target refresh in between only makes ``compute_grads`` recompute the target values.
+        That is the part of an update that does not depend on the online parameters, for a rank
+        that would otherwise wait for the others' gradients. Only draw ahead for updates that
+        come before anything else uses ``rng`` (no acting in between: ``limit`` <= the updates
+        left in the training round): the draws then keep their order and every update is bitwise
+        the same. A target refresh in between only makes ``compute_grads`` recompute the target values.
         """
-        if self.prepared is not None:
-            return
+        if len(self.prepared) >= limit:
+            return False
         b = self.replay.sample(self.rng, self.algo.batch_size)
         x = q_next_target = None
         if self.engine == "numpy":
             x = self.np_net.stacked_inputs(Batch(**b))
             q_next_target = self.np_net.target_values(self.np_target, x)
-        self.prepared = Prepared(b, x, q_next_target, self.target_version)
+        self.prepared.append(Prepared(b, x, q_next_target, self.target_version))
+        return True
 
     def compute_grads(self, progress: Callable[[], None] | None = None) -> np.ndarray:
         """Double-DQN n-step Huber loss on a local minibatch; the gradient lands in ``flat.array``.
 
         ``progress`` is called midway (before the backward pass): the overlap scheme's MPI progress.
-        The minibatch is the one ``prepare_batch`` drew, if it was called since the last update.
+        The minibatch is the oldest one ``prepare_batch`` drew, if any is left.
         """
-        prep, self.prepared = self.prepared, None
+        prep = self.prepared.popleft() if self.prepared else None
         b = prep.batch if prep is not None else self.replay.sample(self.rng, self.algo.batch_size)
         if self.engine == "numpy":
             x = q_next_target = None
@@ -211,7 +214,7 @@ class ReplicaTrainer:
         The vector env (physics state, its RNGs, time limits) is stored pickled as uint8.
         A minibatch drawn ahead (``prepare_batch``) is not part of it: saving one would lose a draw.
         """
-        if self.prepared is not None:
+        if self.prepared:
             raise RuntimeError("state_dict with a prepared minibatch pending (save between training rounds)")
         rng_state: dict[str, Any] = {
             "numpy": copy.deepcopy(self.rng.bit_generator.state),
@@ -248,7 +251,7 @@ class ReplicaTrainer:
         module_from_numpy(self.q, state["q"])
         module_from_numpy(self.target, state["target"])
         self.target_version += 1
-        self.prepared = None
+        self.prepared.clear()
         self.load_optimizer_state(state["optimizer"])
         self.replay.load_state_dict(state["replay"])
         self.nstep.load_state_dict(state["nstep"])
