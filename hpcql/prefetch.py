@@ -18,14 +18,16 @@ from numba.extending import intrinsic
 
 @intrinsic
 def prefetch(typingctx, array, index):  # noqa: ARG001 (numba passes the typing context)
-    """Hint that ``array[index]`` (a 1-d array, an integer index in bounds) is read soon."""
-    if not isinstance(array, types.Array) or array.ndim != 1 or not isinstance(index, types.Integer):
+    """Hint that ``array[index]`` (a 1-d C-contiguous array, an integer index in bounds) is read soon."""
+    if (not isinstance(array, types.Array) or array.ndim != 1 or array.layout != "C"
+            or not isinstance(index, types.Integer)):
         return None
     sig = types.void(array, index)
 
     def codegen(context, builder, signature, args):
         ary = context.make_array(signature.args[0])(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [args[1]], wraparound=False)
+        idx = context.cast(builder, args[1], signature.args[1], types.intp)
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [idx], wraparound=False)
         i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
                                             "llvm.prefetch.p0")

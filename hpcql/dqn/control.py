@@ -163,6 +163,7 @@ class DQNControl:
 def state_arrays(loop: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
     """(replicated, per_rank, meta) of ``loop`` at an agreed (PS: quiesced) point."""
     t = loop.trainer
+    t.require_nothing_prepared()
     q = t.flat.gather_params().copy()
     target = t.target_flat.gather_params(np.zeros_like(q))
     loop_state: dict[str, Any] = {
@@ -218,7 +219,7 @@ def load_state(loop: Any, ck: Checkpoint, console: Console) -> None:
     q, optimizer = np.asarray(ck.replicated("q"), dtype=np.float32), unpack(ck.replicated("optimizer"))
     check_layout(ck, q, optimizer, t.flat.size)
     t.flat.scatter_params(q)
-    t.target_flat.scatter_params(ck.replicated("target"))
+    t.set_target(ck.replicated("target"))
     t.load_optimizer_state(optimizer)
     ls = unpack(ck.replicated("loop"))
     loop.curve = [dict(p) for p in ls["curve"]]
@@ -242,7 +243,7 @@ def load_state(loop: Any, ck: Checkpoint, console: Console) -> None:
         t.replay.load_state_dict(_replay_of(ck, rank, own))
         loop.evaluated_at = ls["evaluated_at"]
         if loop.scheme == "parameter-server":
-            t.target_flat.scatter_params(own["target"])
+            t.set_target(own["target"])
             if rank != 0:
                 loop.exchange.local_updates = int(own["ps_local_updates"])
                 loop.exchange.version = int(ls["ps_version"])
@@ -253,7 +254,7 @@ def load_state(loop: Any, ck: Checkpoint, console: Console) -> None:
     if reuse:
         _load_rank_state(t, olds[rank], envs=True)
         if loop.scheme == "parameter-server":
-            t.target_flat.scatter_params(olds[rank]["target"])
+            t.set_target(olds[rank]["target"])
     else:
         t.rng = np.random.default_rng([cfg.run.seed, rank, global_steps])
         obs, _ = t.vec.reset(seed=rank_env_seeds(cfg.run.seed + global_steps, rank, t.num_envs))

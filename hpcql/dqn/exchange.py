@@ -31,9 +31,12 @@ class SyncAllreduce:
     for nobody. ``transfer_seconds`` sums, over the calls, the shortest time any rank spent
     in it: the communication proper, without the skew.
 
-    ``meanwhile`` (optional): work that a rank which arrives early does while it waits for the
-    others, one piece per test of the reduction until it returns False (upcoming updates'
-    minibatches, ``ReplicaTrainer.prepare_batch``). Its time counts as ``compute``, not ``exchange``.
+    ``meanwhile`` (optional): work that a rank whose reduction is not complete at its first
+    test does, one piece per further test until it returns False (upcoming updates'
+    minibatches, ``ReplicaTrainer.prepare_batch``). On one node (shared memory) that is a rank
+    that arrived before the others; with MPI it can also be one whose ``Iallreduce`` needs more
+    progress. Its time counts as ``compute``, not ``exchange`` (nor in ``calls``). Every rank
+    must pass ``meanwhile`` or not alike: with MPI it picks ``Iallreduce`` over ``Allreduce``.
     """
 
     def __init__(self, comm: MPI.Comm, timer: PhaseTimer, reducer: Reducer) -> None:
@@ -55,7 +58,7 @@ class SyncAllreduce:
                 busy += time.perf_counter() - t
 
         t0 = time.perf_counter()
-        self.reducer.allreduce(flat, divisor=self.comm.size, between=between)
+        self.reducer.allreduce(flat, divisor=self.comm.size, between=between if meanwhile is not None else None)
         dt = time.perf_counter() - t0 - busy
         self.timer.add("exchange", dt)
         if busy:

@@ -195,6 +195,17 @@ class ReplicaTrainer:
         if self.updates % self.algo.target_update_every == 0:
             self.sync_target()
 
+    def require_nothing_prepared(self) -> None:
+        """Raise when minibatches drawn ahead are pending: saving then would lose their draws."""
+        if self.prepared:
+            raise RuntimeError("saving state with a prepared minibatch pending (save between training rounds)")
+
+    def set_target(self, flat: np.ndarray) -> None:
+        """Load the target network's parameters (from a checkpoint); minibatches drawn ahead are dropped."""
+        self.target_flat.scatter_params(flat)
+        self.target_version += 1
+        self.prepared.clear()
+
     def sync_target(self) -> None:
         """Hard copy of the online network into the target network."""
         with torch.no_grad():
@@ -214,8 +225,7 @@ class ReplicaTrainer:
         The vector env (physics state, its RNGs, time limits) is stored pickled as uint8.
         A minibatch drawn ahead (``prepare_batch``) is not part of it: saving one would lose a draw.
         """
-        if self.prepared:
-            raise RuntimeError("state_dict with a prepared minibatch pending (save between training rounds)")
+        self.require_nothing_prepared()
         rng_state: dict[str, Any] = {
             "numpy": copy.deepcopy(self.rng.bit_generator.state),
             "torch": torch.get_rng_state().numpy().copy(),

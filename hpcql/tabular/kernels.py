@@ -16,7 +16,7 @@ unrolled and ``indptr`` is not read, which about halves a sweep's time on the
 10^6-state gridworld. ``kernels_for(0)`` is the general CSR set; ``row_width``
 picks the width a shard allows and ``kernels_for_rows`` the set. Both give bitwise the same results.
 
-``kernels_for(width, prefetch=True)`` adds prefetch hints (``hpcql.prefetch``):
+``kernels_for(width, hints=True)`` adds prefetch hints (``hpcql.prefetch``):
 each sweep asks for the value entries that the state ``PREFETCH_AHEAD`` positions
 ahead (in sweep order) will gather. On a random MDP the gathers hit random cache
 lines of a vector far larger than L2, and the hints keep several of those misses
@@ -103,15 +103,19 @@ class Kernels(NamedTuple):
     q_values: Callable
 
 
-@functools.lru_cache(maxsize=None)
-def kernels_for(width: int, prefetch: bool = False) -> Kernels:
+def kernels_for(width: int, hints: bool = False) -> Kernels:
     """Kernels for rows of ``width`` entries each (0: general CSR), with or without prefetch hints.
 
-    Compiled once per (width, prefetch), cached on disk.
+    Compiled once per (width, hints), cached on disk.
     """
     if not 0 <= width <= MAX_WIDTH:
         raise ValueError(f"row width {width} outside 0..{MAX_WIDTH}")
-    ahead = PREFETCH_AHEAD if prefetch else 0  # a compile-time constant: 0 compiles the hints out
+    return _compile_kernels(int(width), bool(hints))
+
+
+@functools.lru_cache(maxsize=None)
+def _compile_kernels(width: int, hints: bool) -> Kernels:
+    ahead = PREFETCH_AHEAD if hints else 0  # a compile-time constant: 0 compiles the hints out
 
     @njit(cache=True, nogil=True, boundscheck=False, inline="always")
     def bellman_state(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, s):
@@ -141,7 +145,7 @@ def kernels_for(width: int, prefetch: bool = False) -> Kernels:
         lo = np.inf
         hi = -np.inf
         num_actions = rewards.shape[1]
-        if reverse:  # two loops, not a direction test per state: the loop body stays branch-free
+        if reverse:  # two loops, not a direction test per state in the loop body
             for s in range(n_local - 1, -1, -1):
                 if ahead and s >= ahead:
                     t = s - ahead
