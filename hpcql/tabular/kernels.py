@@ -113,25 +113,83 @@ def kernels_for(width: int, hints: bool = False) -> Kernels:
     return _compile_kernels(int(width), bool(hints))
 
 
+# The loops below are module-level functions that take the row width and the prefetch distance
+# as arguments and are inlined into ``_compile_kernels``' closures, where both are constants.
+# The closures then capture plain integers only: a closure that captured another jitted
+# function would get a new disk-cache key in every process (dispatchers pickle with a
+# per-process id), so numba would compile it again at every start and the cache would grow.
+@njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _bellman_state(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, s, width):
+    """Bellman update of state ``s`` into ``v_out`` / ``policy_out``; returns the signed change."""
+    num_actions = rewards.shape[1]
+    best = -np.inf
+    arg = 0
+    for a in range(num_actions):
+        q = rewards[s, a] + gamma * _row_dot(indptr, cols, probs, v_ext, s * num_actions + a, width)
+        if q > best:
+            best = q
+            arg = a
+    diff = best - v_ext[s]
+    v_out[s] = best
+    policy_out[s] = arg
+    return diff
+
+
+@njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _bellman_sweep_range(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, reverse, width, ahead):
+    """The Bellman sweep's loop (see ``Kernels.bellman_sweep_range``)."""
+    n_local, num_actions = rewards.shape
+    lo = np.inf
+    hi = -np.inf
+    if reverse:  # two loops, not a direction test per state in the loop body
+        for s in range(n_local - 1, -1, -1):
+            if ahead and s >= ahead:
+                t = s - ahead
+                _prefetch_rows(indptr, cols, v_ext, t * num_actions, (t + 1) * num_actions, width)
+            diff = _bellman_state(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, s, width)
+            lo, hi = min(lo, diff), max(hi, diff)
+    else:
+        for s in range(n_local):
+            if ahead and s + ahead < n_local:
+                t = s + ahead
+                _prefetch_rows(indptr, cols, v_ext, t * num_actions, (t + 1) * num_actions, width)
+            diff = _bellman_state(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, s, width)
+            lo, hi = min(lo, diff), max(hi, diff)
+    return lo, hi
+
+
+@njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _policy_state(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy, s, width):
+    """Evaluation update of state ``s`` under ``policy`` into ``v_out``; returns |change|."""
+    a = policy[s]
+    val = rewards[s, a] + gamma * _row_dot(indptr, cols, probs, v_ext, s * rewards.shape[1] + a, width)
+    v_out[s] = val
+    return abs(val - v_ext[s])
+
+
+@njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _policy_sweep(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy, reverse, width, ahead):
+    """The evaluation sweep's loop (see ``Kernels.policy_sweep``)."""
+    n_local, num_actions = rewards.shape
+    residual = 0.0
+    if reverse:  # as in the Bellman sweep: no direction test per state
+        for s in range(n_local - 1, -1, -1):
+            if ahead and s >= ahead:
+                row = (s - ahead) * num_actions + policy[s - ahead]
+                _prefetch_rows(indptr, cols, v_ext, row, row + 1, width)
+            residual = max(residual, _policy_state(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy, s, width))
+    else:
+        for s in range(n_local):
+            if ahead and s + ahead < n_local:
+                row = (s + ahead) * num_actions + policy[s + ahead]
+                _prefetch_rows(indptr, cols, v_ext, row, row + 1, width)
+            residual = max(residual, _policy_state(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy, s, width))
+    return residual
+
+
 @functools.lru_cache(maxsize=None)
 def _compile_kernels(width: int, hints: bool) -> Kernels:
     ahead = PREFETCH_AHEAD if hints else 0  # a compile-time constant: 0 compiles the hints out
-
-    @njit(cache=True, nogil=True, boundscheck=False, inline="always")
-    def bellman_state(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, s):
-        """Bellman update of state ``s`` into ``v_out`` / ``policy_out``; returns the signed change."""
-        num_actions = rewards.shape[1]
-        best = -np.inf
-        arg = 0
-        for a in range(num_actions):
-            q = rewards[s, a] + gamma * _row_dot(indptr, cols, probs, v_ext, s * num_actions + a, width)
-            if q > best:
-                best = q
-                arg = a
-        diff = best - v_ext[s]
-        v_out[s] = best
-        policy_out[s] = arg
-        return diff
 
     @njit(cache=True, nogil=True, boundscheck=False)
     def bellman_sweep_range(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, reverse=False):
@@ -141,58 +199,20 @@ def _compile_kernels(width: int, hints: bool) -> Kernels:
         span stopping rule) and stores the greedy action (lowest index on ties) in
         ``policy_out``.
         """
-        n_local = rewards.shape[0]
-        lo = np.inf
-        hi = -np.inf
-        num_actions = rewards.shape[1]
-        if reverse:  # two loops, not a direction test per state in the loop body
-            for s in range(n_local - 1, -1, -1):
-                if ahead and s >= ahead:
-                    t = s - ahead
-                    _prefetch_rows(indptr, cols, v_ext, t * num_actions, (t + 1) * num_actions, width)
-                diff = bellman_state(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, s)
-                lo, hi = min(lo, diff), max(hi, diff)
-        else:
-            for s in range(n_local):
-                if ahead and s + ahead < n_local:
-                    t = s + ahead
-                    _prefetch_rows(indptr, cols, v_ext, t * num_actions, (t + 1) * num_actions, width)
-                diff = bellman_state(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, s)
-                lo, hi = min(lo, diff), max(hi, diff)
-        return lo, hi
+        return _bellman_sweep_range(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, reverse,
+                                    width, ahead)
 
     @njit(cache=True, nogil=True, boundscheck=False)
     def bellman_sweep(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, reverse=False):
         """Like ``bellman_sweep_range``; returns the largest |change| (0 for an empty shard)."""
-        lo, hi = bellman_sweep_range(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, reverse)
+        lo, hi = _bellman_sweep_range(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy_out, reverse,
+                                      width, ahead)
         return max(hi, -lo, 0.0)
-
-    @njit(cache=True, nogil=True, boundscheck=False, inline="always")
-    def policy_state(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy, s):
-        """Evaluation update of state ``s`` under ``policy`` into ``v_out``; returns |change|."""
-        a = policy[s]
-        val = rewards[s, a] + gamma * _row_dot(indptr, cols, probs, v_ext, s * rewards.shape[1] + a, width)
-        v_out[s] = val
-        return abs(val - v_ext[s])
 
     @njit(cache=True, nogil=True, boundscheck=False)
     def policy_sweep(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy, reverse=False):
         """One evaluation sweep of a fixed policy: V_out = r^pi + gamma P^pi v_ext; max |change|."""
-        n_local, num_actions = rewards.shape
-        residual = 0.0
-        if reverse:  # as in bellman_sweep_range: no direction test per state
-            for s in range(n_local - 1, -1, -1):
-                if ahead and s >= ahead:
-                    row = (s - ahead) * num_actions + policy[s - ahead]
-                    _prefetch_rows(indptr, cols, v_ext, row, row + 1, width)
-                residual = max(residual, policy_state(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy, s))
-        else:
-            for s in range(n_local):
-                if ahead and s + ahead < n_local:
-                    row = (s + ahead) * num_actions + policy[s + ahead]
-                    _prefetch_rows(indptr, cols, v_ext, row, row + 1, width)
-                residual = max(residual, policy_state(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy, s))
-        return residual
+        return _policy_sweep(indptr, cols, probs, rewards, v_ext, v_out, gamma, policy, reverse, width, ahead)
 
     @njit(cache=True, nogil=True, boundscheck=False)
     def policy_matvec(indptr, cols, probs, x_ext, gamma, policy, y):
