@@ -194,8 +194,7 @@ class NodeAllreduce:
         """Wait for reduction ``seq``; ``out`` = the sum / ``divisor`` (the same bits on every rank).
 
         ``between`` runs between tests while it is not complete (see ``comm.yield_until``)."""
-        if not self.ready(seq):
-            yield_until(lambda: self.ready(seq), between)
+        yield_until(lambda: self.ready(seq), between)
         self.win.Sync()
         if self.direct:
             sum_rows(self.slots[seq % self.depth], 0, self.size, out, divisor)
