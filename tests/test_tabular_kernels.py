@@ -91,3 +91,27 @@ def test_prefetch_hints_only_where_gathers_are_scattered():
     grid = gridworld_shard(GridworldEnv(kind="gridworld", rows=200, cols=300, slip=0.1), 0, 0, 60000)
     assert not scattered_gathers(grid.indptr, grid.indices, 4)
     assert not scattered_gathers(np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32), 4)
+
+
+@pytest.mark.parametrize("float32", [False, True])
+def test_problem_loads_the_sweep_kernel_for_the_solvers_argument_types(float32):
+    """``make_problem`` loads the sweep kernel at set-up; the solvers' first sweep then adds no signature
+    (a compile or cache load there would be timed as that sweep's compute)."""
+    from dataclasses import replace
+
+    from mpi4py import MPI
+
+    from hpcql.partition import uniform_partition
+    from hpcql.tabular.kernels import _compile_kernels
+    from hpcql.tabular.problem import make_problem
+
+    sh = shards()["gridworld"]
+    problem = make_problem(sh, uniform_partition(sh.num_states, 1), GAMMA, MPI.COMM_SELF, float32)
+    fresh = _compile_kernels.__wrapped__(problem.kernels.width, False)  # dispatchers nothing has called yet
+    problem = replace(problem, kernels=fresh)
+    assert fresh.bellman_sweep_range.signatures == []
+    problem.load_kernels()
+    assert len(fresh.bellman_sweep_range.signatures) == 1
+    v_ext, v_new, policy = problem.new_ext(), np.empty(problem.n_local), np.zeros(problem.n_local, dtype=np.int64)
+    problem.sweep_range(v_ext, v_new, policy)  # as value_iteration_sync calls it
+    assert len(fresh.bellman_sweep_range.signatures) == 1
