@@ -93,10 +93,11 @@ def test_prefetch_hints_only_where_gathers_are_scattered():
     assert not scattered_gathers(np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32), 4)
 
 
+@pytest.mark.parametrize("kernel", ["bellman_sweep_range", "bellman_sweep"])
 @pytest.mark.parametrize("float32", [False, True])
-def test_problem_loads_the_sweep_kernel_for_the_solvers_argument_types(float32):
-    """``make_problem`` loads the sweep kernel at set-up; the solvers' first sweep then adds no signature
-    (a compile or cache load there would be timed as that sweep's compute)."""
+def test_problem_loads_the_sweep_kernel_for_the_solvers_argument_types(float32, kernel):
+    """``load_kernel`` (the solvers' set-up) loads the kernel; the solvers' first sweep then adds no
+    signature (a compile or cache load there would be timed as that sweep's compute)."""
     from dataclasses import replace
 
     from mpi4py import MPI
@@ -109,9 +110,13 @@ def test_problem_loads_the_sweep_kernel_for_the_solvers_argument_types(float32):
     problem = make_problem(sh, uniform_partition(sh.num_states, 1), GAMMA, MPI.COMM_SELF, float32)
     fresh = _compile_kernels.__wrapped__(problem.kernels.width, False)  # dispatchers nothing has called yet
     problem = replace(problem, kernels=fresh)
-    assert fresh.bellman_sweep_range.signatures == []
-    problem.load_kernels()
-    assert len(fresh.bellman_sweep_range.signatures) == 1
+    dispatcher = getattr(fresh, kernel)
+    assert dispatcher.signatures == []
+    problem.load_kernel(kernel)
+    assert len(dispatcher.signatures) == 1
     v_ext, v_new, policy = problem.new_ext(), np.empty(problem.n_local), np.zeros(problem.n_local, dtype=np.int64)
-    problem.sweep_range(v_ext, v_new, policy)  # as value_iteration_sync calls it
-    assert len(fresh.bellman_sweep_range.signatures) == 1
+    if kernel == "bellman_sweep_range":
+        problem.sweep_range(v_ext, v_new, policy)  # as value_iteration_sync calls it
+    else:
+        problem.sweep(v_ext, v_ext, policy, True)  # as async VI and PI's improvement call it
+    assert len(dispatcher.signatures) == 1

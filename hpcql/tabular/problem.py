@@ -77,8 +77,9 @@ class ShardedProblem:
         sh = self.shard
         self.kernels.q_values(sh.indptr, self.cols, self.probs, sh.rewards, v_ext, self.gamma, q_out)
 
-    def load_kernels(self) -> None:
-        """Load the sweep kernel for this shard's argument types now (numba's disk cache, or a compile).
+    def load_kernel(self, name: str) -> None:
+        """Load sweep kernel ``name`` (``bellman_sweep_range`` or ``bellman_sweep``: the same arguments)
+        for the solvers' argument types now, from numba's disk cache or by compiling it.
 
         The first load in a process also starts numba's compiler (about 0.5 s here); done at set-up,
         that is not timed as the first sweep's compute. Types only: no sweep runs.
@@ -86,7 +87,7 @@ class ShardedProblem:
         sh = self.shard
         v, pol = np.zeros(1), np.zeros(1, dtype=np.int64)  # the solvers' vector and policy types
         args = (sh.indptr, self.cols, self.probs, sh.rewards, v, v, self.gamma, pol, False)
-        self.kernels.bellman_sweep_range.compile(tuple(numba.typeof(a) for a in args))
+        getattr(self.kernels, name).compile(tuple(numba.typeof(a) for a in args))
 
     def stop_threshold(self, tol: float) -> float:
         """Sup-norm change below which the greedy policy is tol-optimal."""
@@ -99,10 +100,8 @@ def make_problem(shard: MdpShard, offsets: np.ndarray, gamma: float, comm: MPI.C
     layout = ghost_layout(shard.indices, offsets, comm.rank)
     halo = HaloExchange(comm, layout, offsets)
     probs = shard.probs.astype(np.float32 if float32 else np.float64)
-    problem = ShardedProblem(comm, shard, offsets, layout, halo, layout.local_cols, probs, gamma,
-                             kernels_for_rows(shard.indptr, layout.local_cols, shard.num_actions))
-    problem.load_kernels()
-    return problem
+    return ShardedProblem(comm, shard, offsets, layout, halo, layout.local_cols, probs, gamma,
+                          kernels_for_rows(shard.indptr, layout.local_cols, shard.num_actions))
 
 
 def build_problem(cfg: Config, comm: MPI.Comm) -> ShardedProblem:

@@ -30,6 +30,9 @@ def solve(cfg: Config, problem: ShardedProblem, console: Console, timer: PhaseTi
     faults = FaultInjector(cfg.debug, problem.comm.rank)
     label = "sweep" if not isinstance(algo, PolicyIterationAlgo) else "outer"
     span = getattr(algo, "stopping", "sup") == "span"
+    sync_vi = not isinstance(algo, PolicyIterationAlgo) and algo.mode != "async"
+    with timer.phase("io"):  # set-up: numba's start is not the first sweep's compute
+        problem.load_kernel("bellman_sweep_range" if sync_vi else "bellman_sweep")
     tracker = console.tracker(label, target=problem.stop_threshold(algo.tol) * (2.0 if span else 1.0))
     try:
         if isinstance(algo, PolicyIterationAlgo):
