@@ -161,8 +161,9 @@ def uses_prefetch(m: dict[str, Any]) -> bool:
     return scattered_gathers(m["indptr"], m["indices"], m["A"])
 
 
-def time_kernels(m: dict[str, Any], gamma: float, reps: int) -> dict[str, Any]:
-    """Median steady-state times of a scipy CSR sweep, hpcql's sweep and its general-CSR variant.
+def time_kernels(m: dict[str, Any], gamma: float, reps: int, float32: bool = False) -> dict[str, Any]:
+    """Median steady-state times of a scipy CSR sweep, hpcql's sweep and its general-CSR variant
+    (and, with ``float32``, hpcql's sweep on float32 probabilities).
 
     The solvers take turns, ``BLOCK`` consecutive sweeps each per turn (the first untimed).
     """
@@ -182,15 +183,19 @@ def time_kernels(m: dict[str, Any], gamma: float, reps: int) -> dict[str, Any]:
         return q.max(axis=1)
 
     ref = scipy_sweep()
-    kernels = {"numba": hpcql_sweep(m), "numba_csr": CSR.bellman_sweep}
+    probs32 = m["probs"].astype(np.float32)
+    kernels = {"numba": (hpcql_sweep(m), m["probs"]), "numba_csr": (CSR.bellman_sweep, m["probs"])}
     if uses_prefetch(m):
-        kernels["numba_nohints"] = hpcql_sweep(m, hints=False)
-    for kernel in kernels.values():
-        kernel(m["indptr"], m["indices"], m["probs"], R, V, v_out, gamma, pol)  # JIT / cache load
-        assert np.allclose(ref, v_out, rtol=1e-12, atol=1e-12), "numba and scipy sweeps disagree"
+        kernels["numba_nohints"] = (hpcql_sweep(m, hints=False), m["probs"])
+    if float32:  # algo.float32: the same kernel on probabilities rounded to float32
+        kernels["numba_f32"] = (hpcql_sweep(m), probs32)
+    for kernel, probs in kernels.values():
+        kernel(m["indptr"], m["indices"], probs, R, V, v_out, gamma, pol)  # JIT / cache load
+        tol = 1e-12 if probs.dtype == np.float64 else 1e-6  # float32 rounding moves P by ~6e-8 relative
+        assert np.allclose(ref, v_out, rtol=tol, atol=tol), "numba and scipy sweeps disagree"
     sweeps: dict[str, Callable[[], Any]] = {"scipy": scipy_sweep}
-    for name, kernel in kernels.items():
-        sweeps[name] = partial(kernel, m["indptr"], m["indices"], m["probs"], R, V, v_out, gamma, pol)
+    for name, (kernel, probs) in kernels.items():
+        sweeps[name] = partial(kernel, m["indptr"], m["indices"], probs, R, V, v_out, gamma, pol)
     times: dict[str, list[float]] = {k: [] for k in sweeps}
     for _ in range(reps):
         # each solver in turn, BLOCK sweeps back to back as in a solve (its own data warm in the
@@ -458,11 +463,13 @@ def run_peer(tmp: Path, tag: str, name: str, model_dir: Path, gamma: float, eps:
     return rec
 
 
-def _pair_worker(m: dict[str, Any], gamma: float, reps: int, hints: bool, barrier: Any, results: Any,
-                 slot: int) -> None:
+def _pair_worker(m: dict[str, Any], gamma: float, reps: int, hints: bool, float32: bool, barrier: Any,
+                 results: Any, slot: int) -> None:
     """One of the concurrent kernel processes: its own copy of the model, sweeps after the barrier."""
     bellman_sweep = hpcql_sweep(m, hints)
     indptr, cols, probs, R = (np.array(m[k], copy=True) for k in ("indptr", "indices", "probs", "rewards"))
+    if float32:
+        probs = probs.astype(np.float32)
     V = np.random.default_rng(2).random(m["S"])
     v_out = np.empty(m["S"])
     pol = np.zeros(m["S"], dtype=np.int64)
@@ -476,18 +483,21 @@ def _pair_worker(m: dict[str, Any], gamma: float, reps: int, hints: bool, barrie
     results[slot] = float(np.median(times))
 
 
-def concurrent_kernel_time(m: dict[str, Any], gamma: float, reps: int, procs: int, hints: bool = True) -> float:
+def concurrent_kernel_time(m: dict[str, Any], gamma: float, reps: int, procs: int, hints: bool = True,
+                           float32: bool = False) -> float:
     """Median per-sweep time of the numba kernel when ``procs`` processes sweep private copies at once.
 
     The ratio to the one-process time is what the machine itself (shared memory bandwidth,
     caches, cores) allows two ranks: an upper bound on 1 -> 2 strong-scaling efficiency for
-    this kernel, independent of any communication. ``hints=False``: without prefetch hints.
+    this kernel, independent of any communication. ``hints=False``: without prefetch hints;
+    ``float32``: on float32 probabilities.
     """
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
     barrier, results = ctx.Barrier(procs), ctx.Array("d", procs)
-    workers = [ctx.Process(target=_pair_worker, args=(m, gamma, reps, hints, barrier, results, i)) for i in range(procs)]
+    workers = [ctx.Process(target=_pair_worker, args=(m, gamma, reps, hints, float32, barrier, results, i))
+               for i in range(procs)]
     for w in workers:
         w.start()
     for w in workers:
@@ -498,28 +508,33 @@ def concurrent_kernel_time(m: dict[str, Any], gamma: float, reps: int, procs: in
 
 
 # ============================================================================ driver
-def part_a_runs(m: dict[str, Any], ranks: int, args, tmp: Path, out: dict[str, Any]) -> list[tuple]:
+def part_a_runs(m: dict[str, Any], ranks: int, args, tmp: Path, out: dict[str, Any],
+                float32: bool = False) -> list[tuple]:
     """Per-sweep phases of ``mpiexec -n ranks hpcql run``: (label, sec per sweep, ranks) rows.
 
     ``PART_A_PAIRS`` pairs of runs, n and 3n sweeps each; a pair's difference cancels start-up
     (numba cache load, first touch, setup), and the median over pairs damps this machine's noise.
+    ``float32``: the runs set ``algo.float32`` (the labels say so).
     """
     n1 = args.part_a_sweeps
+    tag = f"x{ranks}" + (" float32" if float32 else "")
     marginals: dict[str, list[float]] = {"compute": [], "exchange": [], "solve": []}
     its: list[int] = []
     for pair in range(PART_A_PAIRS):
         runs = []
         for n in (n1, 3 * n1):
-            algo = {"name": "value-iteration", "mode": "sync", "gamma": 0.99, "tol": 1e-300, "max_iterations": n}
-            runs.append(run_hpcql(tmp, f"A-{m['kind']}-r{ranks}-n{n}-p{pair}", ranks, m["env"], algo, 600.0,
+            algo = {"name": "value-iteration", "mode": "sync", "gamma": 0.99, "tol": 1e-300, "max_iterations": n,
+                    "float32": float32}
+            runs.append(run_hpcql(tmp, f"A-{m['kind']}-r{ranks}-n{n}-p{pair}-{'f32' if float32 else 'f64'}", ranks,
+                                  m["env"], algo, 600.0,
                                   args.setup_limit))  # fixed sweep count: no Part B cap
         bad = [r for r in runs if r["status"] != "ok"]
         if bad:
             out.setdefault("part_a_failures", []).append({k: v for k, v in bad[0].items() if k != "V"})
-            return [(f"hpcql run x{ranks} ({bad[0]['status']})", None, ranks)]
+            return [(f"hpcql run {tag} ({bad[0]['status']})", None, ranks)]
         its = [int(r["attrs"]["iterations"]) for r in runs]
         if its[1] == its[0]:
-            return [(f"hpcql run x{ranks} (converged early)", None, ranks)]
+            return [(f"hpcql run {tag} (converged early)", None, ranks)]
         dn = its[1] - its[0]
         for phase in ("compute", "exchange"):
             t = [r["phases"].get(phase, {}).get("max", 0.0) for r in runs]
@@ -527,10 +542,10 @@ def part_a_runs(m: dict[str, Any], ranks: int, args, tmp: Path, out: dict[str, A
         marginals["solve"].append((runs[1]["solve"] - runs[0]["solve"]) / dn)
         first = runs[0]["solve"] / its[0]
     med = {k: float(np.median(v)) for k, v in marginals.items()}
-    return [(f"hpcql run x{ranks}: compute phase (max over ranks)", med["compute"], ranks),
-            (f"hpcql run x{ranks}: exchange phase (max over ranks)", med["exchange"], ranks),
-            (f"hpcql run x{ranks}: solve time (wall - setup)", med["solve"], ranks),
-            (f"hpcql run x{ranks}: first {its[0]} sweeps, solve time per sweep (last pair)", first, ranks)]
+    return [(f"hpcql run {tag}: compute phase (max over ranks)", med["compute"], ranks),
+            (f"hpcql run {tag}: exchange phase (max over ranks)", med["exchange"], ranks),
+            (f"hpcql run {tag}: solve time (wall - setup)", med["solve"], ranks),
+            (f"hpcql run {tag}: first {its[0]} sweeps, solve time per sweep (last pair)", first, ranks)]
 
 
 def part_a(models: list[dict[str, Any]], args, tmp: Path, out: dict[str, Any]) -> str:
@@ -540,18 +555,17 @@ def part_a(models: list[dict[str, Any]], args, tmp: Path, out: dict[str, Any]) -
     out["bandwidth"] = bw
     lines = [f"Streaming bandwidth (numpy triad a = b + s*c, 2 in-place passes, 40 B/element counted, "
              f"{bw['elements']:,} elements, best of 5): {bw['gbs']:.2f} GB/s (one core)"]
-    lines.append("Byte model per transition (int32 indices): prob 8 + index 4 + V gather 8 (upper bound: no "
-                 "reuse; a random gather really costs a 64 B line, a gridworld gather ~0) + per (s,a) row "
-                 "(reward 8, + indptr 8 unless every row has the same k: hpcql's fixed-width kernels then never "
-                 "read indptr)/k; the same model for every row of the table. Roofline time = bytes x nnz / triad "
-                 "GB/s; 'roofline' = that / measured.")
+    lines.append("Byte model per transition (int32 indices): prob 8 (4 in the float32 rows) + index 4 + V gather "
+                 "8 (upper bound: no reuse; a random gather really costs a 64 B line, a gridworld gather ~0) + "
+                 "per (s,a) row (reward 8, + indptr 8 unless every row has the same k: hpcql's fixed-width kernels "
+                 "then never read indptr)/k. Roofline time = bytes x nnz / triad GB/s; 'roofline' = that / measured.")
     rows = []
     out["part_a"] = []
     for m in models:
         k = m["nnz"] / (m["S"] * m["A"])
         bpt = 8 + 4 + 8 + (8 if row_width(m["indptr"]) else 16) / k
         roof = bpt * m["nnz"] / (bw["gbs"] * 1e9)
-        kt = time_kernels(m, 0.99, args.sweep_reps)
+        kt = time_kernels(m, 0.99, args.sweep_reps, float32=args.float32)
         pair = concurrent_kernel_time(m, 0.99, args.sweep_reps, 2)
         entries = [("scipy.sparse CSR (P@V, reshape, max)", kt["scipy"], 1),
                    ("hpcql bellman_sweep (numba, 1 proc)", kt["numba"], 1),
@@ -561,19 +575,28 @@ def part_a(models: list[dict[str, Any]], args, tmp: Path, out: dict[str, Any]) -
             entries += [("hpcql bellman_sweep without prefetch hints (1 proc)", kt["numba_nohints"], 1),
                         ("hpcql bellman_sweep without prefetch hints, 2 procs at once (each)",
                          concurrent_kernel_time(m, 0.99, args.sweep_reps, 2, hints=False), 1)]
+        if args.float32:
+            entries += [("hpcql bellman_sweep, float32 probabilities (1 proc)", kt["numba_f32"], 1),
+                        ("hpcql bellman_sweep, float32 probabilities, 2 procs at once (each)",
+                         concurrent_kernel_time(m, 0.99, args.sweep_reps, 2, float32=True), 1)]
         for ranks in args.ranks:
             entries += part_a_runs(m, ranks, args, tmp, out)
+            if args.float32:
+                entries += part_a_runs(m, ranks, args, tmp, out, float32=True)
         for label, t, ranks in entries:
+            row_bpt = bpt - 4 if "float32" in label else bpt
+            row_roof = row_bpt * m["nnz"] / (bw["gbs"] * 1e9)
             rec = {"mdp": m["kind"], "what": label, "ranks": ranks, "sec_per_sweep": t,
-                   "bytes_per_transition": bpt, "roofline_sec_per_sweep": roof}
+                   "bytes_per_transition": row_bpt, "roofline_sec_per_sweep": row_roof}
             if t is not None and "exchange phase" in label:  # a part of a sweep: no throughput figures
                 rows.append([m["kind"], label, f"{t * 1e3:.1f}", "-", "-", "-"])
             elif t is None:
                 rows.append([m["kind"], label, "-", "-", "-", "-"])
             else:
-                rec.update(transitions_per_s=m["nnz"] / t, ratio_to_scipy=kt["scipy"] / t, roofline_fraction=roof / t)
+                rec.update(transitions_per_s=m["nnz"] / t, ratio_to_scipy=kt["scipy"] / t,
+                           roofline_fraction=row_roof / t)
                 rows.append([m["kind"], label, f"{t * 1e3:.1f}", f"{m['nnz'] / t / 1e6:.0f}",
-                             f"{kt['scipy'] / t:.2f}x", f"{roof / t:.0%}"])
+                             f"{kt['scipy'] / t:.2f}x", f"{row_roof / t:.0%}"])
             out["part_a"].append(rec)
         lines.append(f"{m['kind']}: {m['desc']}: {m['nnz']:,} transitions, {bpt:.1f} B/transition, "
                      f"roofline {roof * 1e3:.1f} ms/sweep (1 core)")
@@ -710,6 +733,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rerun-capped", action="store_true",
                     help="run every solver at every gamma (default: skip one that hit the cap at a smaller gamma)")
     ap.add_argument("--skip-a", action="store_true")
+    ap.add_argument("--float32", action="store_true",
+                    help="Part A also times float32 probabilities (algo.float32): kernel and hpcql runs")
     ap.add_argument("--skip-b", action="store_true")
     ap.add_argument("--keep-tmp", action="store_true")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
