@@ -151,3 +151,19 @@ def test_span_rule_needs_sync(tmp_path):
     cfg = write_toml(tmp_path / "c.toml", '[algo]\nname = "value-iteration"\nmode = "async"\nstopping = "span"\n')
     res = hpcql(["run", str(cfg)], ranks=1, timeout=60)
     assert res.returncode == 2 and "stopping = 'span' needs mode = 'sync'" in res.stderr
+
+
+def test_float32_probabilities_solve_the_rounded_model(tmp_path, random_mdp_file):
+    """algo.float32: V is the optimum of the MDP with float32-rounded probabilities (scipy solve of
+    that model), within gamma/(1-gamma) * 2^-24 * max|V*| of the float64 optimum."""
+    P, R, _ = load_mdp(random_mdp_file)
+    gamma = 0.999
+    P32 = P.copy()
+    P32.data = P.data.astype(np.float32).astype(np.float64)
+    v_star, _ = optimal_values(P, R, gamma)
+    v_star32, _ = optimal_values(P32, R, gamma)
+    assert np.max(np.abs(v_star32 - v_star)) > 1e-9  # rounding moves the model enough to tell them apart
+    r = solve(tmp_path, f'kind = "mdp-file"\npath = "{random_mdp_file}"', 2,
+              f'name = "value-iteration"\ngamma = {gamma}\nfloat32 = true', tol=1e-9, name="f32")
+    assert np.max(np.abs(r["V"] - v_star32)) < 1e-9
+    assert np.max(np.abs(r["V"] - v_star)) <= gamma / (1 - gamma) * 2.0 ** -24 * np.max(np.abs(v_star)) + 1e-9
