@@ -103,7 +103,7 @@ class AlgoBase(Section):
     """Target optimality: the greedy policy is tol-optimal at the stop."""
     max_iterations: Annotated[int, Field(ge=1)] = 1_000_000
     float32: bool = False
-    """Store transition probabilities as float32 (8 instead of 12 bytes per transition; sums stay float64).
+    """Store transition probabilities as float32 (4 bytes less per transition; sums stay float64).
 
     The solvers then solve the MDP with rounded probabilities: V moves from the float64 optimum by
     at most gamma / (1 - gamma) * 2^-24 * max|V| (6e-5 * max|V| at gamma 0.999), on top of ``tol``."""
