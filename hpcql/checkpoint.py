@@ -9,16 +9,19 @@ A checkpoint ``<out_dir>/checkpoints/ckpt-<step>.h5`` holds
   (RNG states, replay shards, agent queues);
 - ``replicated/<name>`` datasets identical on all ranks;
 - attributes: format, version, step, ranks, engine, hpcql version, the config
-  (JSON), free-form ``meta_json``, and ``complete = 1`` written last.
+  (JSON), free-form ``meta_json``, ``attrs_sha256`` (a digest of all of these),
+  and ``complete = 1`` written last.
 
 Every dataset carries the Fletcher32 filter, so flipped bytes fail the read;
-``verify`` reads everything back. Writing goes through ``h5io.write_sharded``
+``verify`` reads everything back and checks the attribute digest (HDF5 does not
+checksum attributes). Writing goes through ``h5io.write_sharded``
 (temporary name, fsync, rename), so a crash or a second signal mid-write never
 damages an earlier checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -51,6 +54,26 @@ def _problem_signature(config: Mapping[str, Any]) -> dict[str, Any]:
     return sig
 
 
+DIGEST_KEY = "attrs_sha256"
+HEADER_KEYS = ("format", "version", "step", "ranks", "engine", "hpcql_version", "config_json", "meta_json")
+
+
+def attrs_digest(attrs: Mapping[str, Any]) -> str:
+    """SHA-256 of the header attributes (``HEADER_KEYS``), as written or as read back by h5py."""
+    plain = {}
+    for key in HEADER_KEYS:
+        value = attrs.get(key)
+        value = value.item() if isinstance(value, np.generic) else value
+        plain[key] = value.decode() if isinstance(value, bytes) else value
+    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()
+
+
+def _header(f: h5py.File, path: Path) -> Checkpoint:
+    """The parsed attributes of an open checkpoint (``KeyError`` / ``ValueError`` when damaged)."""
+    return Checkpoint(path, int(f.attrs["step"]), int(f.attrs["ranks"]),
+                      json.loads(f.attrs["meta_json"]), json.loads(f.attrs["config_json"]))
+
+
 def verify(path: Path) -> str | None:
     """None when ``path`` is a complete, uncorrupted checkpoint, else the reason."""
     try:
@@ -59,6 +82,9 @@ def verify(path: Path) -> str | None:
                 return f"format attribute is {f.attrs.get('format')!r}"
             if int(f.attrs.get("complete", 0)) != 1:
                 return "incomplete (no 'complete' attribute)"
+            if DIGEST_KEY in f.attrs and f.attrs[DIGEST_KEY] != attrs_digest(f.attrs):
+                return "attributes damaged (their SHA-256 digest does not match)"
+            _header(f, path)  # checkpoints older than the digest: the attributes must at least parse
 
             def read(name: str, obj: object) -> None:
                 if isinstance(obj, h5py.Dataset) and obj.size:
@@ -147,6 +173,7 @@ class CheckpointStore:
             "hpcql_version": __version__, "config_json": json.dumps(self.config),
             "meta_json": json.dumps(dict(meta or {})),
         }
+        attrs[DIGEST_KEY] = attrs_digest(attrs)
         write_sharded(path, self.comm, offsets, sharded, attrs,
                       replicated={f"replicated/{k}": v for k, v in (replicated or {}).items()},
                       per_rank=per_rank, checksum=True, final_attrs={"complete": 1})
@@ -163,8 +190,7 @@ class CheckpointStore:
                 reason = verify(p)
                 if reason is None:
                     with h5py.File(p, "r") as f:
-                        return Checkpoint(p, int(f.attrs["step"]), int(f.attrs["ranks"]),
-                                          json.loads(f.attrs["meta_json"]), json.loads(f.attrs["config_json"]))
+                        return _header(f, p)
                 warn(f"skipping checkpoint {p}: {reason}")
             return None
 

@@ -114,9 +114,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from hpcql.inspect_file import inspect_file
 
     try:
-        print(inspect_file(args.file))
+        text, damaged = inspect_file(args.file)
     except BadInput as exc:
         sys.stderr.write(f"hpcql: error: {exc}\n")
+        return EXIT_BAD_INPUT
+    print(text)
+    if damaged is not None:  # the summary is still worth printing; the exit code tells scripts
+        sys.stderr.write(f"hpcql: error: {args.file}: checkpoint fails its integrity check: {damaged}\n")
         return EXIT_BAD_INPUT
     return EXIT_OK
 

@@ -84,21 +84,38 @@ def test_async_resume_reaches_the_same_fixed_point(tmp_path):
     assert np.max(np.abs(got["V"] - result(tmp_path, "ref")["V"])) < 1e-8
 
 
-def test_corrupt_newest_checkpoint_is_skipped(tmp_path):
+def _damage_dataset(path) -> None:
+    """Flip 16 bytes inside V's data (Fletcher32 must catch it)."""
+    with h5py.File(path) as f:
+        offset = f["V"].id.get_offset() if f["V"].chunks is None else f["V"].id.get_chunk_info(0).byte_offset
+    data = bytearray(path.read_bytes())
+    for i in range(16):
+        data[offset + 100 + i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _damage_attribute(path) -> None:
+    """Change one digit of the meta_json attribute: still valid JSON, so only the digest can tell."""
+    data = bytearray(path.read_bytes())
+    start = data.index(b'{"', data.index(b"meta_json"))
+    digit = next(i for i in range(start, start + 400) if chr(data[i]).isdigit())
+    data[digit] = ord("7") if data[digit] != ord("7") else ord("3")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_damage_dataset, _damage_attribute], ids=["dataset", "attribute"])
+def test_corrupt_newest_checkpoint_is_skipped(tmp_path, damage):
     algo = 'name = "value-iteration"'
     assert hpcql(["run", config(tmp_path, "ref", algo)], ranks=2, timeout=120).returncode == 0
     cfg = config(tmp_path, "cut", algo, "[checkpoint]\nevery_iterations = 10\n"
                  "[debug]\nsignal_rank = 0\nsignal_at_iteration = 45")
     assert hpcql(["run", cfg], ranks=2, timeout=120).returncode == EXIT_CHECKPOINTED
     newest = sorted((tmp_path / "cut" / "checkpoints").glob("ckpt-*.h5"))[-1]
-    with h5py.File(newest) as f:
-        offset = f["V"].id.get_offset() if f["V"].chunks is None else f["V"].id.get_chunk_info(0).byte_offset
-    data = bytearray(newest.read_bytes())
-    for i in range(16):
-        data[offset + 100 + i] ^= 0xFF
-    newest.write_bytes(bytes(data))
+    assert hpcql(["inspect", str(newest)], ranks=1, timeout=60).returncode == 0
+    damage(newest)
     insp = hpcql(["inspect", str(newest)], ranks=1, timeout=60)
-    assert "integrity: FAILED" in insp.stdout
+    assert "integrity: FAILED" in insp.stdout and insp.returncode == 2
+    assert insp.stderr.count("\n") == 1 and str(newest) in insp.stderr
     res = hpcql(["run", cfg, "--set", "debug.signal_rank=-1"], ranks=2, timeout=120)
     assert res.returncode == 0, res.stderr
     assert f"skipping checkpoint {newest}" in res.stderr
