@@ -1,7 +1,8 @@
 """Command line: ``hpcql run | inspect | submit | scale`` and the exit-code contract.
 
 Exit codes: 0 success, 2 bad input (one-line message naming what and where),
-1 internal error, 3 checkpointed on a signal (please requeue).
+1 internal error, 3 checkpointed on a signal (please requeue), 4 stopped on a signal with
+checkpoints disabled (nothing saved).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 from hpcql import __version__
-from hpcql.errors import EXIT_BAD_INPUT, EXIT_CHECKPOINTED, EXIT_INTERNAL, EXIT_OK, BadInput, Checkpointed, RankFailure
+from hpcql.errors import (EXIT_BAD_INPUT, EXIT_CHECKPOINTED, EXIT_INTERNAL, EXIT_OK, EXIT_STOPPED, BadInput,
+                          Checkpointed, RankFailure)
 
 # algo.name -> "module:function" running the whole job (collective); imported lazily (torch is slow to import)
 ENGINES: dict[str, str] = {
@@ -96,6 +98,11 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_BAD_INPUT
         abort_job(comm, f"error: {exc}", EXIT_BAD_INPUT)
     except Checkpointed as exc:
+        if not exc.saved:
+            if comm.rank == 0:
+                sys.stderr.write(f"hpcql: {exc}; checkpoints are disabled (checkpoint.enabled = false), nothing "
+                                 f"was saved; exit {EXIT_STOPPED} = stopped, do not requeue\n")
+            return EXIT_STOPPED
         if comm.rank == 0:
             sys.stderr.write(f"hpcql: {exc}; exit {EXIT_CHECKPOINTED} = checkpointed, please requeue\n")
         return EXIT_CHECKPOINTED

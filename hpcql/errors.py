@@ -4,6 +4,7 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 EXIT_CHECKPOINTED = 3  # run stopped on a signal after writing a checkpoint: please requeue
+EXIT_STOPPED = 4  # run stopped on a signal with checkpoints disabled: nothing saved, do not requeue
 
 
 class BadInput(Exception):
@@ -24,4 +25,9 @@ class RankFailure(Exception):
 
 
 class Checkpointed(Exception):
-    """Raised on every rank after a signal-triggered checkpoint: exit 3, requeue."""
+    """Raised on every rank that stops on a signal: exit 3 (requeue) after a checkpoint was written,
+    exit 4 when checkpoints are disabled (``saved`` False: nothing to resume from)."""
+
+    def __init__(self, message: str, *, saved: bool = True) -> None:
+        super().__init__(message)
+        self.saved = saved

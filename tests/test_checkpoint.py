@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import MPIEXEC, hpcql, write_toml
-from hpcql.errors import EXIT_CHECKPOINTED
+from hpcql.errors import EXIT_CHECKPOINTED, EXIT_STOPPED
 
 GRID = 'kind = "gridworld"\nrows = 60\ncols = 70\nslip = 0.2\nobstacle_density = 0.1\nstep_reward = -0.01'
 
@@ -150,3 +150,13 @@ def test_sigkill_at_random_moments_never_loses_the_last_checkpoint(tmp_path):
         resumed_steps.append(int(ckpts[-1].stem.split("-")[1]))
         assert result(tmp_path, "crash")["V"].tobytes() == ref["V"].tobytes()
     assert len(resumed_steps) >= 15, resumed_steps
+
+
+def test_signal_with_checkpoints_disabled_exits_4_and_claims_no_checkpoint(tmp_path):
+    """Nothing saved: exit 4 (not 3, which the SLURM template requeues on), and no 'checkpointed' message."""
+    cfg = config(tmp_path, "nock", 'name = "value-iteration"',
+                 "[checkpoint]\nenabled = false\n[debug]\nsignal_rank = 1\nsignal_at_iteration = 20")
+    res = hpcql(["run", cfg], ranks=2, timeout=120)
+    assert res.returncode == EXIT_STOPPED, res.stderr
+    assert "nothing was saved" in res.stderr and "checkpointed" not in res.stderr
+    assert not (tmp_path / "nock" / "checkpoints").exists() and not (tmp_path / "nock" / "result.h5").exists()

@@ -118,7 +118,7 @@ class DQNControl:
                 self.save(loop, quiesce=True)
             if stop:
                 raise Checkpointed(f"stopped by signal at {loop.global_steps:,} env steps"
-                                   + (", checkpoint written" if self.store else ""))
+                                   + (", checkpoint written" if self.store else ""), saved=self.store is not None)
         self._local_flags()
         self.request = self.comm.Iallreduce(self.local, self.agreed, op=MPI.MAX)
 

@@ -119,7 +119,7 @@ class QLearningControl:
                 self.save(learner, monitor, totals)
         if stop:
             raise Checkpointed(f"stopped by signal at step {self.step}"
-                               + (", checkpoint written" if self.store else ""))
+                               + (", checkpoint written" if self.store else ""), saved=self.store is not None)
 
     def save(self, learner: Learner, monitor: Monitor, totals: np.ndarray) -> None:
         """One checkpoint of the whole learning state (collective)."""

@@ -59,4 +59,5 @@ class RunControl:
                 self.store.save(step, self.offsets, {"V": v_local}, meta=meta)
             self.last_save = time.monotonic()
         if stop:
-            raise Checkpointed(f"stopped by signal at step {step}" + (", checkpoint written" if self.store else ""))
+            raise Checkpointed(f"stopped by signal at step {step}" + (", checkpoint written" if self.store else ""),
+                               saved=self.store is not None)
