@@ -42,6 +42,9 @@ FORMAT = "hpcql-checkpoint"
 NAME = re.compile(r"^ckpt-(\d{12})\.h5$")
 # config sections that define the problem: a checkpoint of another problem cannot be resumed
 PROBLEM_KEYS = ("env", "algo.name", "algo.gamma", "algo.variant", "run.seed")
+# ... except these keys, which size a rank's share of the work as the rank count does (a DQN
+# resume redistributes the replay and restarts episodes when they change)
+RESOURCE_KEYS = {"env": ("num_envs",)}
 
 
 def _problem_signature(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -50,6 +53,8 @@ def _problem_signature(config: Mapping[str, Any]) -> dict[str, Any]:
         node: Any = config
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key in RESOURCE_KEYS:
+            node = {k: v for k, v in node.items() if k not in RESOURCE_KEYS[key]}
         sig[key] = node
     return sig
 

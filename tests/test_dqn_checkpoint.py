@@ -90,6 +90,7 @@ def _result_flat(path: Path) -> np.ndarray:
 
 
 def test_two_rank_checkpoint_resumes_at_one_and_three_ranks(tmp_path: Path) -> None:
+    """At 1 rank with 4 envs (the same global env count, as jobs/dqn-cartpole.toml scales) and at 3 ranks."""
     cfg = interrupt(tmp_path, "cut", 2)
     ckpt = sorted((tmp_path / "cut" / "checkpoints").glob("ckpt-*.h5"))[-1]
     step = int(ckpt.stem.split("-")[1])
@@ -99,18 +100,22 @@ def test_two_rank_checkpoint_resumes_at_one_and_three_ranks(tmp_path: Path) -> N
         name = f"r{ranks}"
         shutil.copytree(tmp_path / "cut", tmp_path / name)
         text = cfg.read_text().replace(str(tmp_path / "cut"), str(tmp_path / name))
+        if ranks == 1:
+            text = text.replace("num_envs = 2", "num_envs = 4")
         cfg_r = write_toml(tmp_path / f"{name}.toml", text)
         # budget just under the checkpoint's step: no further training, the result holds the restored network
         p = hpcql(["run", str(cfg_r), "--set", "debug.signal_rank=-1", "--set", f"algo.total_steps={step - 6}"],
                   ranks=ranks, timeout=240)
         assert p.returncode == 0, p.stdout + p.stderr
-        assert f"resharding DQN checkpoint from 2 to {ranks} rank(s)" in p.stdout
+        envs = " (2 to 4 env(s) per rank)" if ranks == 1 else ""
+        assert f"resharding DQN checkpoint from 2 to {ranks} rank(s){envs}:" in p.stdout
         moved = re.search(r"([\d,]+) replay transitions redistributed round-robin \(([^)]*)\)", p.stdout)
         assert moved and int(moved.group(1).replace(",", "")) == stored
         shares = [int(x.replace(",", "")) for x in re.findall(r"rank \d+: ([\d,]+)", moved.group(2))]
         assert len(shares) == ranks and sum(shares) == stored  # nothing dropped: the shards fit
         if ranks == 1:
             assert "in-progress episodes" in p.stderr and "old rank(s) [1]" in p.stderr
+            assert "rank(s) [0] start fresh episodes" in p.stderr  # 4 envs: rank 0 cannot reuse old rank 0's 2
         else:
             assert "rank(s) [2] start fresh episodes" in p.stderr
         assert _result_flat(tmp_path / name / "result.h5").tobytes() == _replicated_q(ckpt).tobytes()

@@ -285,7 +285,9 @@ def load_state(loop: Any, ck: Checkpoint, console: Console) -> None:
     counts = comm.gather((total, dropped, reuse))
     if rank == 0:
         old_total = sum(int(o["replay_size"]) for o in olds)
-        console.info(f"resharding DQN checkpoint from {ck.ranks} to {size} rank(s): network, target network, "
+        old_envs = sorted({int(o["num_envs"]) for o in olds})
+        envs = "" if old_envs == [t.num_envs] else f" ({'/'.join(map(str, old_envs))} to {t.num_envs} env(s) per rank)"
+        console.info(f"resharding DQN checkpoint from {ck.ranks} to {size} rank(s){envs}: network, target network, "
                      f"optimizer and learning curve restored exactly; {old_total:,} replay transitions "
                      f"redistributed round-robin ({', '.join(f'rank {r}: {c[0]:,}' for r, c in enumerate(counts))})")
         drops = [f"rank {r}: {c[1]:,} oldest transitions over capacity" for r, c in enumerate(counts) if c[1]]
