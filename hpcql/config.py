@@ -16,9 +16,9 @@ from hpcql.errors import BadInput
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys and wrong types are errors."""
+    """Base of every config section: unknown keys, wrong types and non-finite numbers are errors."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------- [run]
@@ -125,6 +125,8 @@ class ValueIterationAlgo(AlgoBase):
 
 class PolicyIterationAlgo(AlgoBase):
     name: Literal["policy-iteration"]
+    mode: Literal["sync"] = "sync"
+    """Policy iteration is synchronous (evaluation sweeps and Krylov solves in lockstep)."""
     variant: Literal["optimistic", "inexact"] = "optimistic"
     eval_sweeps: Annotated[int, Field(ge=1)] = 20
     """Optimistic PI: evaluation sweeps on P^pi between improvements."""

@@ -39,6 +39,16 @@ def corrupt(path, what):
             f.create_dataset("rewards", data=np.zeros((20, 3)))
         elif what == "format":
             f.attrs["format"] = "something-else"
+        elif what == "nan-prob":
+            p = f["transitions/probs"][:]
+            p[44] = np.nan  # row 22
+            f["transitions/probs"][:] = p
+        elif what == "version-str":
+            f.attrs["version"] = "one"
+        elif what == "states-float":
+            f.attrs["num_states"] = 20.5
+        elif what == "discount-str":
+            f.attrs["discount"] = "x"
 
 
 @pytest.mark.parametrize(
@@ -50,6 +60,10 @@ def corrupt(path, what):
         ("missing", "dataset '/rewards' missing"),
         ("shape", "dataset '/rewards' has shape (20, 3)"),
         ("format", "attribute 'format'"),
+        ("nan-prob", "row 22 (state 11, action 0): non-finite probability nan"),
+        ("version-str", "attribute 'version' is 'one', expected 1"),
+        ("states-float", "attribute 'num_states' is 20.5, expected an integer >= 1"),
+        ("discount-str", "attribute 'discount' is 'x'"),
     ],
 )
 def test_malformed_mdp_file(tmp_path, what, expected):

@@ -35,6 +35,11 @@ def test_set_overrides_and_types(tmp_path):
         ('[env]\nkind = "gymnasium"\nid = "CartPole-v1"\n[algo]\nname = "dqn"\nengine = "numpy"\ndevice = "cuda"\n',
          "[algo]: Value error, engine = 'numpy' computes on the CPU"),
         ('[env]\nkind = "gymnasium"\nid = "CartPole-v1"\n[algo]\nname = "dqn"\nengine = "jax"\n', "[algo] engine"),
+        ('[env]\nkind = "gridworld"\ngoal_reward = nan\n', "[env] goal_reward: Input should be a finite number"),
+        ('[algo]\nname = "value-iteration"\ntol = inf\n', "[algo] tol: Input should be a finite number"),
+        ('[env]\nkind = "gymnasium"\nid = "CartPole-v1"\n[algo]\nname = "dqn"\nlr = inf\n', "[algo] lr"),
+        ('[algo]\nname = "q-learning"\nq_init = -nan\n', "[algo] q_init"),
+        ('[algo]\nname = "policy-iteration"\nmode = "async"\n', "[algo] mode: Input should be 'sync'"),
     ],
 )
 def test_bad_configs_name_the_key(tmp_path, text, expected):

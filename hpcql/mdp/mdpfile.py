@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import h5py
@@ -65,6 +66,15 @@ def _fail(path: str, what: str) -> BadInput:
     return BadInput(f"{path}: {what}")
 
 
+def _scalar_attr(f: h5py.File, path: str, key: str, kinds: str, expected: str) -> Any:
+    """Attribute ``key`` as a Python scalar when it is one of numpy ``kinds`` ('i', 'u', 'f'), else BadInput."""
+    value = f.attrs[key]
+    arr = np.asarray(value)
+    if arr.ndim != 0 or arr.dtype.kind not in kinds:
+        raise _fail(path, f"attribute '{key}' is {arr.tolist()!r}, expected {expected}")
+    return arr.item()
+
+
 def read_header(path: str) -> MdpHeader:
     """Check the file's attributes and dataset shapes (no row data read)."""
     if not Path(path).is_file():
@@ -76,10 +86,10 @@ def read_header(path: str) -> MdpHeader:
     with f:
         if f.attrs.get("format") != FORMAT:
             raise _fail(path, f"attribute 'format' is {f.attrs.get('format')!r}, expected {FORMAT!r}")
-        if int(f.attrs.get("version", -1)) != VERSION:
+        if "version" not in f.attrs or _scalar_attr(f, path, "version", "iu", str(VERSION)) != VERSION:
             raise _fail(path, f"attribute 'version' is {f.attrs.get('version')!r}, expected {VERSION}")
         for key in ("num_states", "num_actions"):
-            if key not in f.attrs or int(f.attrs[key]) < 1:
+            if key not in f.attrs or _scalar_attr(f, path, key, "iu", "an integer >= 1") < 1:
                 raise _fail(path, f"attribute '{key}' missing or < 1")
         S, A = int(f.attrs["num_states"]), int(f.attrs["num_actions"])
         for name in ("transitions/indptr", "transitions/indices", "transitions/probs", "rewards"):
@@ -99,7 +109,8 @@ def read_header(path: str) -> MdpHeader:
         first, last = int(ip[0]), int(ip[-1])
         if first != 0 or last != ix.shape[0]:
             raise _fail(path, f"dataset '/transitions/indptr' must start at 0 and end at nnz={ix.shape[0]} (got {first}..{last})")
-        discount = float(f.attrs["discount"]) if "discount" in f.attrs else None
+        discount = (float(_scalar_attr(f, path, "discount", "iuf", "a number in (0, 1)"))
+                    if "discount" in f.attrs else None)
         if discount is not None and not 0 < discount < 1:
             raise _fail(path, f"attribute 'discount' is {discount}, expected 0 < discount < 1")
     return MdpHeader(S, A, ix.shape[0], discount)

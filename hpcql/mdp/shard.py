@@ -46,21 +46,23 @@ class MdpShard:
 def validate_rows(shard: MdpShard, atol: float = 1e-9) -> tuple[int, str] | None:
     """First invalid row of ``shard`` as (global row, reason), or None.
 
-    Checks non-negative probabilities, next-state ids in range and row sums of 1.
+    Checks finite non-negative probabilities, next-state ids in range and row sums of 1
+    (comparisons written so that NaN fails them).
     """
     A, S = shard.num_actions, shard.num_states
     rows = np.repeat(np.arange(shard.n_local * A, dtype=np.int64), np.diff(shard.indptr))
     bad: list[tuple[int, str]] = []
-    neg = np.flatnonzero(shard.probs < 0)
+    neg = np.flatnonzero(~((shard.probs >= 0) & np.isfinite(shard.probs)))
     if neg.size:
         k = neg[0]
-        bad.append((int(rows[k]), f"negative probability {shard.probs[k]:g}"))
+        what = "negative" if shard.probs[k] < 0 else "non-finite"
+        bad.append((int(rows[k]), f"{what} probability {shard.probs[k]:g}"))
     out = np.flatnonzero((shard.indices < 0) | (shard.indices >= S))
     if out.size:
         k = out[0]
         bad.append((int(rows[k]), f"next-state index {int(shard.indices[k])} out of range [0, {S})"))
     sums = np.bincount(rows, weights=shard.probs, minlength=shard.n_local * A)
-    off = np.flatnonzero(np.abs(sums - 1.0) > atol)
+    off = np.flatnonzero(~(np.abs(sums - 1.0) <= atol))
     if off.size:
         k = off[0]
         bad.append((int(k), f"probabilities sum to {sums[k]:.12g}, not 1"))
