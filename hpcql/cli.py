@@ -31,7 +31,7 @@ class ArgParser(argparse.ArgumentParser):
     """argparse whose errors are one line and exit 2, like every other bad input."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"hpcql: error: {message} (see `hpcql {self.prog.split()[-1]} --help`)\n")
+        sys.stderr.write(f"hpcql: error: {message} (see `{self.prog} --help`)\n")
         raise SystemExit(EXIT_BAD_INPUT)
 
 
@@ -53,7 +53,10 @@ def prepare_out_dir(cfg, comm) -> None:
         if res.exists() and not cfg.run.overwrite:
             raise BadInput(f"[run] out_dir: {res} already exists; pass --overwrite (or --set run.overwrite=true) "
                            "to replace it, or choose another out_dir")
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInput(f"[run] out_dir: cannot create {out} ({exc.strerror or exc})") from None
 
     collective(comm, check)
 

@@ -24,7 +24,7 @@ class Section(BaseModel):
 # ----------------------------------------------------------------------------- [run]
 class RunSection(Section):
     name: str = "default"
-    out_dir: str = "runs/default"
+    out_dir: Annotated[str, Field(min_length=1)] = "runs/default"
     seed: Annotated[int, Field(ge=0)] = 0
     overwrite: bool = False
     """Replace an existing result.h5 in out_dir (otherwise that is an error)."""

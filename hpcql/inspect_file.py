@@ -49,7 +49,7 @@ def inspect_file(path: str) -> tuple[str, str | None]:
         with f:
             fmt = str(f.attrs.get("format", "unknown"))
             lines = _summary(f, path, fmt)
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, TypeError) as exc:
         raise BadInput(f"{path}: damaged file ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
     reason = None
     if fmt == "hpcql-checkpoint":

@@ -92,3 +92,32 @@ def test_bad_arguments_exit_2():
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     res = hpcql(["inspect", "/nonexistent.h5"], ranks=1, timeout=60)
     assert res.returncode == 2 and "file not found" in res.stderr
+
+
+def test_out_dir_that_cannot_be_created_exits_2(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cfg = write_toml(tmp_path / "c.toml", f'[run]\nout_dir = "{blocker / "sub"}"\n[env]\nkind = "gridworld"\n'
+                                          'rows = 5\ncols = 5\n[algo]\nname = "value-iteration"\n')
+    res = hpcql(["run", str(cfg)], ranks=2, timeout=60)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and lines == [f"hpcql: error: [run] out_dir: cannot create {blocker / 'sub'} "
+                                             "(Not a directory)"], res.stderr
+    assert blocker.read_text() == "x"
+
+
+def test_argument_errors_point_to_the_right_help():
+    res = hpcql(["bogus"], ranks=1, timeout=60)
+    assert res.returncode == 2 and "(see `hpcql --help`)" in res.stderr
+    res = hpcql(["scale"], ranks=1, timeout=60)
+    assert res.returncode == 2 and "(see `hpcql scale --help`)" in res.stderr
+
+
+def test_inspect_of_a_damaged_file_exits_2(tmp_path):
+    path = tmp_path / "m.h5"
+    good_mdp(path)
+    with h5py.File(path, "r+") as f:
+        del f.attrs["num_states"]
+    res = hpcql(["inspect", str(path)], ranks=1, timeout=60)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and f"{path}: damaged file" in lines[0], res.stderr
