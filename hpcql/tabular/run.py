@@ -9,6 +9,7 @@ import numpy as np
 from mpi4py import MPI
 
 from hpcql.checkpoint import CheckpointStore
+from hpcql.comm import collective
 from hpcql.config import Config, PolicyIterationAlgo
 from hpcql.console import Console
 from hpcql.faults import FaultInjector
@@ -83,6 +84,7 @@ def make_control(cfg: Config, comm: MPI.Comm, console: Console, offsets, timer: 
         store.clear()
     resumed = store.latest(console.warn) if cfg.checkpoint.enabled else None
     if resumed is not None:
+        collective(comm, lambda: resumed.require("V", (int(offsets[-1]),)))
         console.info(f"resuming from {resumed.path} (step {resumed.step}, written by {resumed.ranks} rank(s))")
     return RunControl(store, cfg.checkpoint, offsets, timer, resumed)
 
