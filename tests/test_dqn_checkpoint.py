@@ -142,15 +142,24 @@ def test_parameter_server_checkpoints_at_quiesced_points(tmp_path: Path) -> None
         assert int(f["eval/env_steps"][-1]) >= 2996 and f["eval/returns"].shape[1] == 4
 
 
-def test_resume_with_another_network_is_bad_input(tmp_path: Path) -> None:
-    """A checkpoint of a [64, 64] network resumed with hidden = [32]: one line, exit 2, checkpoint kept."""
+@pytest.mark.parametrize("override, expected", [
+    (["algo.hidden=[32]"], "algo.hidden"),
+    (["algo.buffer_size=10"], "algo.buffer_size 50000 -> 10"),
+    (["algo.n_step=1"], "algo.n_step 3 -> 1"),
+    (["algo.mode=async", "algo.async_scheme=parameter-server"], "scheme sync -> parameter-server"),
+], ids=["hidden", "buffer", "n_step", "scheme"])
+def test_resume_with_an_incompatible_layout_is_bad_input(tmp_path: Path, override: list[str], expected: str) -> None:
+    """A checkpoint resumed with another network, replay capacity, n-step or parameter-server scheme:
+    one line naming what differs, exit 2, checkpoints kept (it ran at 1 rank: the scheme check needs no PS)."""
     cfg = interrupt(tmp_path, "net", 1)
     ckpts = sorted((tmp_path / "net" / "checkpoints").glob("ckpt-*.h5"))
     before = {p.name: p.read_bytes() for p in ckpts}
-    res = hpcql(["run", str(cfg), "--set", "debug.signal_rank=-1", "--set", "algo.hidden=[32]"], ranks=1, timeout=240)
+    sets = [a for o in override for a in ("--set", o)]
+    res = hpcql(["run", str(cfg), "--set", "debug.signal_rank=-1", *sets], ranks=2 if "scheme" in expected else 1,
+                timeout=240)
     assert res.returncode == 2, res.stdout + res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("hpcql: error: ") and ckpts[-1].name in lines[0], res.stderr
-    assert "parameters" in lines[0] and "algo.hidden" in lines[0]
+    assert expected in lines[0]
     assert {p.name: p.read_bytes() for p in sorted((tmp_path / "net" / "checkpoints").glob("ckpt-*.h5"))} == before
     assert not (tmp_path / "net" / "result.h5").exists()

@@ -201,8 +201,20 @@ def _replay_of(ck: Checkpoint, rank: int, own: dict[str, Any]) -> dict[str, Any]
         "pos": own["replay_pos"], "size": own["replay_size"], "capacity": own["replay_capacity"]}
 
 
-def check_layout(ck: Checkpoint, q: np.ndarray, optimizer: dict[str, Any], size: int) -> None:
-    """The checkpoint's network and optimizer fit this run (same on every rank, so agreed)."""
+# [algo] keys that shape a rank's saved state (replay capacity, n-step windows): they must not change on resume
+STATE_KEYS = ("buffer_size", "n_step")
+
+
+def check_layout(ck: Checkpoint, q: np.ndarray, optimizer: dict[str, Any], size: int, loop: Any) -> None:
+    """The checkpoint's network, optimizer and state layout fit this run (same on every rank, so agreed)."""
+    theirs, ours = ck.config.get("algo", {}), loop.algo
+    changed = [f"algo.{k} {theirs.get(k)} -> {getattr(ours, k)}"
+               for k in STATE_KEYS if theirs.get(k) != getattr(ours, k)]
+    if (ck.meta.get("scheme") == "parameter-server") != (loop.scheme == "parameter-server"):
+        changed.append(f"scheme {ck.meta.get('scheme')} -> {loop.scheme}")
+    if changed:
+        raise BadInput(f"{ck.path}: checkpoint state does not fit this run ({', '.join(changed)}); run with "
+                       "--fresh to start over", agreed=True)
     if q.size != size:
         raise BadInput(f"{ck.path}: checkpoint network has {q.size:,} parameters, this run's has {size:,} "
                        "(algo.hidden differs?); run with --fresh to start over", agreed=True)
@@ -217,7 +229,7 @@ def load_state(loop: Any, ck: Checkpoint, console: Console) -> None:
     rank, size = comm.rank, comm.size
     # ---- replicated: network, target, optimizer, curve
     q, optimizer = np.asarray(ck.replicated("q"), dtype=np.float32), unpack(ck.replicated("optimizer"))
-    check_layout(ck, q, optimizer, t.flat.size)
+    check_layout(ck, q, optimizer, t.flat.size, loop)
     t.flat.scatter_params(q)
     t.set_target(ck.replicated("target"))
     t.load_optimizer_state(optimizer)
