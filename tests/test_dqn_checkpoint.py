@@ -50,6 +50,7 @@ def outputs(path: Path) -> dict[str, bytes]:
         out = {f"params/{k}": np.asarray(f["params"][k]).tobytes() for k in f["params"]}
         out |= {k: np.asarray(f[k]).tobytes() for k in ("eval/returns", "eval/env_steps", "curve/updates",
                                                          "curve/loss", "curve/train_return_mean")}
+        out |= {k: np.asarray(f.attrs[k]).tobytes() for k in ("staleness_mean", "staleness_max", "updates")}
     return out
 
 

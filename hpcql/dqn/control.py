@@ -242,8 +242,7 @@ def load_state(loop: Any, ck: Checkpoint, console: Console) -> None:
     if loop.scheme == "overlap" and "exchange" in ls:
         ex = ls["exchange"]
         if int(ls["ranks"]) != size:  # pending sums of the old rank count -> sums of ours (same average)
-            ex = {"grads": [g * np.float32(size / int(ls["ranks"])) for g in ex["grads"]],
-                  "applied_at": ex["applied_at"]}
+            ex = ex | {"grads": [g * np.float32(size / int(ls["ranks"])) for g in ex["grads"]]}
         loop.exchange.load_state_dict(ex)
     elif loop.scheme == "parameter-server" and "ps_version" in ls:
         loop.exchange.version = int(ls["ps_version"])

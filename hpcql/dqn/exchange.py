@@ -140,11 +140,13 @@ class OverlapAllreduce:
                 self.reducer.collect(seq, done)  # type: ignore[arg-type]
             completed.append((None, a, done))
         self.pending = completed
-        return {"grads": [d.copy() for _, _, d in completed], "applied_at": [a for _, a, _ in completed]}
+        return {"grads": [d.copy() for _, _, d in completed], "applied_at": [a for _, a, _ in completed],
+                "staleness": list(self.staleness)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pending = deque((None, int(a), np.array(g, dtype=np.float32))
                              for g, a in zip(state["grads"], state["applied_at"]))
+        self.staleness = [int(x) for x in state.get("staleness", [])]  # absent in older checkpoints
 
 
 def check_replicas(comm: MPI.Comm, module: nn.Module, update: int) -> None:
