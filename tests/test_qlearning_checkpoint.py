@@ -25,6 +25,7 @@ def config(tmp_path, name: str, env: str, algo: str, extra: str = "") -> str:
 name = "{name}"
 out_dir = "{tmp_path / name}"
 progress = "none"
+status_every_seconds = 1000
 plots = false
 [env]
 {env}
@@ -35,9 +36,14 @@ name = "q-learning"
 """))
 
 
+WALL_CLOCK = {"seconds", "updates_per_s", "migrated_per_s"}
+"""Metric columns measured in wall time: the only ones a resume may change."""
+
+
 def result(tmp_path, name: str) -> dict:
     with h5py.File(tmp_path / name / "result.h5") as f:
-        return {k: f[k][()] for k in ("Q", "V", "policy")} | {"attrs": dict(f.attrs)}
+        history = {k: f["history"][k][()] for k in f["history"] if k not in WALL_CLOCK}
+        return {k: f[k][()] for k in ("Q", "V", "policy")} | {"attrs": dict(f.attrs), "history": history}
 
 
 def interrupted_then_resumed(tmp_path, name, env, algo, ranks, resume_ranks, at, extra=""):
@@ -73,8 +79,13 @@ def test_sync_signal_resume_is_bitwise_exact(tmp_path, rebalance_every):
         assert offsets != [0, 200, 400]  # the checkpoint was cut elsewhere: the resume had to recut
     for k in ("Q", "V", "policy"):
         assert got[k].tobytes() == ref[k].tobytes(), k
-    for k in ("updates", "migrated", "agents_final"):
+    for k in ("updates", "migrated", "agents_final", "rebalances", "greedy_value_start", "gap_start", "mean_gap"):
         assert got["attrs"][k] == ref["attrs"][k], k
+    # the metric window and the evaluator's warm start are checkpointed too: evaluations 1 and 2
+    # bracket the signal, so the rows after it depend on both
+    assert got["history"].keys() == ref["history"].keys() and "mean_abs_td" in ref["history"]
+    for k, v in ref["history"].items():
+        assert got["history"][k].tobytes() == v.tobytes(), k
     # periodic checkpoints every 15 rounds, then the one at the signal (round 41), keep = 3;
     # the periodic saves of the resumed run do not perturb it either
     assert names == ["ckpt-000000000015.h5", "ckpt-000000000030.h5", "ckpt-000000000041.h5"]
@@ -105,3 +116,20 @@ def test_async_signal_resume_under_fewer_ranks_conserves_agents(tmp_path):
     a = got["attrs"]
     assert a["agents"] == a["agents_final"] == 200 * ranks
     assert a["updates"] >= 500_000 and int(np.sum(a["updates_per_rank"])) == a["updates"]
+
+
+def test_fresh_keeps_the_checkpoints_when_the_config_is_rejected(tmp_path):
+    """``--fresh`` deletes checkpoints only after every check (Learner's included) has passed."""
+    cfg = config(tmp_path, "fresh", SMALL, f'mode = "sync"\n{SMALL_ALGO}', "[checkpoint]\nevery_iterations = 20")
+    assert hpcql(["run", cfg], ranks=2, timeout=120).returncode == 0
+    ckpts = sorted((tmp_path / "fresh" / "checkpoints").glob("ckpt-*.h5"))
+    before = (tmp_path / "fresh" / "result.h5").read_bytes()
+    assert ckpts
+    for bad in (["--set", "algo.start_states=[999]"], ["--set", "algo.starts=fixed", "--set", "algo.start_states=[399]"]):
+        proc = hpcql(["run", cfg, "--overwrite", "--fresh", *bad], ranks=2, timeout=120)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr.count("\n") == 1 and "[algo] start" in proc.stderr, proc.stderr
+        assert sorted((tmp_path / "fresh" / "checkpoints").glob("ckpt-*.h5")) == ckpts
+        assert (tmp_path / "fresh" / "result.h5").read_bytes() == before
+    proc = hpcql(["run", cfg, "--overwrite", "--fresh"], ranks=2, timeout=120)
+    assert proc.returncode == 0 and "resuming" not in proc.stdout, proc.stdout + proc.stderr

@@ -176,6 +176,20 @@ def test_sync_mode_is_bitwise_deterministic(tmp_path, rebalance_every):
     assert other["Q"].tobytes() != a["Q"].tobytes()
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_absorbing_start_states_are_rejected_not_looped_on(tmp_path, mode, ranks):
+    """Episodes end in an absorbing state without an update: starting only there used to spin forever."""
+    out = tmp_path / "goal"
+    cfg = write_toml(tmp_path / "goal.toml", f'[run]\nout_dir = "{out}"\nprogress = "none"\n[env]\nkind = "gridworld"\n'
+                     f'rows = 8\ncols = 8\n[algo]\nname = "q-learning"\nmode = "{mode}"\nbudget_updates = 20000\n'
+                     'starts = "fixed"\nstart_states = [63]\n')  # 63: the goal corner
+    proc = hpcql(["run", str(cfg)], ranks=ranks, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and "[algo] starts / start_states" in proc.stderr, proc.stderr
+    assert not (out / "result.h5").exists()
+
+
 def test_async_slow_rank_does_not_hold_others_back(tmp_path, frozenlake_model):
     P, R, v_star = frozenlake_model
     r = run_ql(tmp_path, "slow", FROZEN, 2,

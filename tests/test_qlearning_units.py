@@ -7,11 +7,15 @@ import pytest
 from mpi4py import MPI
 
 from hpcql.config import parse_config
+from hpcql.console import Console
+from hpcql.errors import BadInput
+from hpcql.mdp import write_mdp
 from hpcql.qlearning.agents import Agents, split_migrants
 from hpcql.partition import uniform_partition
 from hpcql.qlearning.async_loop import steps_per_agent
 from hpcql.qlearning.rebalance import plan_partition
-from hpcql.qlearning.learner import Learner, absorbing_states
+from hpcql.qlearning.learner import Learner, absorbing_states, start_update_chance
+from hpcql.qlearning.monitor import TOTALS, T, Monitor, stall_limit
 from hpcql.qlearning.rng import seed_key, uniform_array
 from hpcql.qlearning.schedules import epsilon_at
 from hpcql.tabular.problem import build_problem
@@ -201,3 +205,47 @@ def test_fixed_width_rows_learn_bitwise_like_general_csr_rows():
     assert runs[0][2] > 10_000
     np.testing.assert_array_equal(runs[0][0], runs[1][0])
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
+
+
+@pytest.mark.parametrize("algo, chance", [
+    ({"starts": "fixed", "start_states": [63]}, 0.0),
+    ({"starts": "mixed", "exploring_fraction": 0.0, "start_states": [63, 63]}, 0.0),
+    ({"starts": "fixed", "start_states": [0, 63]}, 0.5),
+    ({"starts": "mixed", "exploring_fraction": 0.5, "start_states": [63]}, 0.5 * 63 / 64),
+])
+def test_start_update_chance_rejects_starts_that_cannot_update(algo, chance):
+    """The 8x8 gridworld's goal corner 63 is absorbing: an episode starting there ends without an update."""
+    lr = _learner({"kind": "gridworld", "rows": 8, "cols": 8}, **algo)
+    if chance == 0.0:
+        with pytest.raises(BadInput, match=r"^\[algo\] starts / start_states .*absorbing") as exc:
+            start_update_chance(lr)
+        assert exc.value.agreed and "\n" not in str(exc.value)
+    else:
+        assert start_update_chance(lr) == pytest.approx(chance)
+
+
+def test_start_update_chance_rejects_an_mdp_of_self_loops(tmp_path):
+    S, A = 6, 2
+    path = tmp_path / "loops.h5"
+    write_mdp(path, np.arange(S * A + 1), np.repeat(np.arange(S), A), np.ones(S * A), np.ones((S, A)), 0.9)
+    with pytest.raises(BadInput, match="every state is absorbing"):
+        start_update_chance(_learner({"kind": "mdp-file", "path": str(path)}))
+
+
+def test_monitor_stops_a_run_whose_episodes_make_no_updates():
+    cfg = parse_config({"algo": {"name": "q-learning", "budget_updates": 1000}})
+    mon = Monitor(cfg.algo, 1, Console(MPI.COMM_SELF, "none"), 0.0, update_chance=0.5)
+    limit = stall_limit(0.5)
+    assert 0.5 ** limit <= np.exp(-50) and stall_limit(1e-9) > 1e10
+    totals = np.zeros(len(TOTALS))
+    totals[T["agents"]] = 4
+    for restarts in range(0, int(limit) + 4, 10):  # updates keep coming: never stalled
+        totals[T["updates"]] += 1
+        totals[T["restarts"]] = restarts
+        assert not mon.should_stop(totals)
+    totals[T["restarts"]] += int(limit) + 4  # as many starts as allowed, plus one per agent: still fine
+    assert not mon.should_stop(totals)
+    totals[T["restarts"]] += 1
+    with pytest.raises(BadInput, match="no Q update in the last .* episode starts") as exc:
+        mon.should_stop(totals)
+    assert exc.value.agreed

@@ -9,11 +9,17 @@ reduction and no extra message is needed. Then ``after`` writes one checkpoint
 A checkpoint (engine ``q-learning``) holds
 
 - ``Q`` and ``visits`` as row-sharded datasets: any partition re-reads its rows;
+- ``v_pi`` (row-sharded): the evaluator's warm start for its next policy evaluation;
 - per rank: ``agents`` (packed records in this rank's array order), ``stats``
   (update / |TD| / restart / migration counters) and ``counters`` (received,
-  rounds); rank 0 also stores the metric rows;
+  rounds); rank 0 also stores the metric rows and ``metric_window`` (where the
+  next row's window starts);
 - meta: step, mode, the agreed global totals, the global agent count, the
-  evaluation cursor and epsilon.
+  evaluation cursor and elapsed time, and the load-balance recut count.
+
+Checkpoints written before ``v_pi``, ``metric_window`` and ``rebalances`` existed
+still resume: the warm start is zero, the window starts at the checkpoint and the
+recut count at 0, so only those metrics may differ from an uninterrupted run.
 
 Ghost max-Q values are not stored: after every sync round they equal the
 neighbours' row maxima, which the first halo exchange of a resumed run
@@ -39,8 +45,10 @@ from hpcql.checkpoint import Checkpoint, Checkpointed, CheckpointStore
 from hpcql.config import Config
 from hpcql.console import Console
 from hpcql.qlearning.agents import RECORD, Agents
+from hpcql.qlearning.evaluate import Evaluator
 from hpcql.qlearning.learner import Learner
 from hpcql.qlearning.monitor import Monitor
+from hpcql.qlearning.rebalance import Rebalancer
 from hpcql.timing import PhaseTimer
 
 ENGINE = "q-learning"
@@ -57,9 +65,10 @@ class QLearningControl:
         self.timer = timer
         self.mode = cfg.algo.mode
         store = CheckpointStore(comm, cfg, engine=ENGINE)
-        if self.section.fresh:
-            store.clear()
-        self.resumed: Checkpoint | None = store.latest(console.warn) if self.section.enabled else None
+        self.to_clear = store if self.section.fresh else None
+        """``--fresh``: cleared by ``clear_if_fresh`` once every input is checked, not before."""
+        resume = self.section.enabled and not self.section.fresh
+        self.resumed: Checkpoint | None = store.latest(console.warn) if resume else None
         self.store = store if self.section.enabled else None
         if self.resumed is not None:
             console.info(f"resuming from {self.resumed.path} (step {self.resumed.step}, written by "
@@ -68,6 +77,14 @@ class QLearningControl:
         """Agreed step counter: sync rounds, or completed budget reductions in async mode."""
         self.last_save_time = time.monotonic()
         self.last_save_step = self.step
+        self.evaluator: Evaluator | None = None
+        self.rebalancer: Rebalancer | None = None
+
+    def clear_if_fresh(self) -> None:
+        """``--fresh``: delete the old checkpoints, once the whole config has been checked (collective)."""
+        if self.to_clear is not None:
+            self.to_clear.clear()
+            self.to_clear = None
 
     # ------------------------------------------------------------------ resume
     def resume_offsets(self) -> np.ndarray | None:
@@ -82,6 +99,18 @@ class QLearningControl:
         if self.resumed is not None:
             restore_learner(learner, self.resumed)
 
+    def attach(self, evaluator: Evaluator | None, rebalancer: Rebalancer | None) -> None:
+        """Restore the evaluator's warm start and the recut count, and save them from now on (collective)."""
+        self.evaluator, self.rebalancer = evaluator, rebalancer
+        ck = self.resumed
+        if ck is None:
+            return
+        if evaluator is not None and ck.has("v_pi"):
+            sh = evaluator.problem.shard
+            evaluator.v_pi[...] = ck.rows("v_pi", sh.row_start, sh.row_stop)
+        if rebalancer is not None:
+            rebalancer.count = int(ck.meta.get("rebalances", 0))
+
     def restore_monitor(self, monitor: Monitor) -> np.ndarray | None:
         """Carry the monitor on from the checkpoint; returns the agreed totals then (or None)."""
         ck = self.resumed
@@ -89,10 +118,15 @@ class QLearningControl:
             return None
         meta = ck.meta
         totals = np.asarray(meta["totals"], dtype=np.float64)
-        monitor.load_state(meta["monitor"], totals,
-                           ck.per_rank("metric_rows", 0) if self.comm.rank == 0 and ck.has_per_rank("metric_rows", 0)
-                           else None)
+        monitor.load_state(meta["monitor"], totals, self._rank0("metric_rows"), self._rank0("metric_window"))
         return totals
+
+    def _rank0(self, name: str) -> np.ndarray | None:
+        """Rank 0's per-rank dataset ``name`` of the resumed checkpoint, on rank 0 when present (else None)."""
+        ck = self.resumed
+        if ck is None or self.comm.rank != 0 or not ck.has_per_rank(name, 0):
+            return None
+        return ck.per_rank(name, 0)
 
     # ------------------------------------------------------------------ triggers
     def flags(self) -> np.ndarray:
@@ -131,18 +165,22 @@ class QLearningControl:
             "counters": np.array([learner.received, learner.rounds], dtype=np.int64),
         }
         rows = monitor.rows_array()
-        if self.comm.rank == 0 and rows is not None:
-            per_rank["metric_rows"] = rows
+        if self.comm.rank == 0:
+            per_rank["metric_window"] = monitor.window()
+            if rows is not None:
+                per_rank["metric_rows"] = rows
         meta: dict[str, Any] = {
             "step": self.step,
             "mode": self.mode,
             "totals": [float(x) for x in totals],
             "total_agents": int(learner.total_agents),
             "monitor": monitor.state(totals),
+            "rebalances": self.rebalancer.count if self.rebalancer is not None else 0,
         }
-        self.store.save(self.step, learner.problem.offsets,
-                        {"Q": learner.q, "visits": learner.visits, "visits_mark": learner.visits_mark},
-                        per_rank=per_rank, meta=meta)
+        sharded = {"Q": learner.q, "visits": learner.visits, "visits_mark": learner.visits_mark}
+        if self.evaluator is not None:
+            sharded["v_pi"] = self.evaluator.v_pi
+        self.store.save(self.step, learner.problem.offsets, sharded, per_rank=per_rank, meta=meta)
         self.last_save_time = time.monotonic()
         self.last_save_step = self.step
 

@@ -30,6 +30,11 @@ class Evaluator:
         self.v_star = self.optimal_value()
         self.v_star_report = self.at_states(self.v_star)
 
+    @property
+    def v_pi(self) -> np.ndarray:
+        """The warm start of the next policy evaluation on the local rows (a view; checkpointed)."""
+        return self.v_pi_ext[: self.problem.n_local]
+
     def repartition(self, problem: ShardedProblem, mover: RowMover) -> None:
         """Carry V* and the warm-start V^pi over to ``problem``'s partition (collective)."""
         v_pi = mover.rows(self.v_pi_ext[: self.problem.n_local])

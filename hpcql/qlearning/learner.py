@@ -8,6 +8,7 @@ ghost values in and out of a ``Learner``.
 from __future__ import annotations
 
 import numpy as np
+from mpi4py import MPI
 
 from hpcql.config import QLearningAlgo
 from hpcql.errors import BadInput
@@ -34,6 +35,29 @@ def absorbing_states(problem: ShardedProblem) -> np.ndarray:
     rows_leaving = np.bincount(np.repeat(np.arange(sh.n_local * A), row_len), weights=leaving,
                                minlength=sh.n_local * A)
     return (rows_leaving.reshape(sh.n_local, A) == 0).all(axis=1) if sh.n_local else np.zeros(0, dtype=bool)
+
+
+def start_update_chance(learner: "Learner") -> float:
+    """Chance that an episode start can make a Q update (collective, agreed on every rank).
+
+    An episode ends in an absorbing state (the kernel restarts the agent there without an
+    update), so a start in one makes no update. Raises ``BadInput`` (agreed) when no
+    possible start state can make one: the run would loop forever without updates.
+    """
+    sh = learner.problem.shard
+    starts = learner.start_states
+    mine = (starts >= sh.row_start) & (starts < sh.row_stop)
+    live = np.array([np.count_nonzero(~learner.absorbing),
+                     np.count_nonzero(~learner.absorbing[starts[mine] - sh.row_start])], dtype=np.float64)
+    glob = np.zeros_like(live)
+    learner.problem.comm.Allreduce(live, glob, op=MPI.SUM)
+    f = learner.explore_fraction
+    chance = f * glob[0] / sh.num_states + (1.0 - f) * glob[1] / starts.size
+    if chance <= 0.0:
+        what = f"every state in start_states {starts.tolist()} is" if f == 0.0 else "every state is"
+        raise BadInput(f"[algo] starts / start_states ({learner.algo.starts}): {what} absorbing (all its actions "
+                       "loop back to it, so episodes end there): no episode can make a Q update", agreed=True)
+    return float(chance)
 
 
 class Learner:

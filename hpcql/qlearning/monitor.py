@@ -16,6 +16,7 @@ import numpy as np
 
 from hpcql.config import QLearningAlgo
 from hpcql.console import Console
+from hpcql.errors import BadInput
 from hpcql.qlearning.learner import COUNTERS
 from hpcql.qlearning.schedules import epsilon_at
 
@@ -23,22 +24,37 @@ TOTALS = COUNTERS + ("agents", "elapsed", "out_of_time")
 T = {name: i for i, name in enumerate(TOTALS)}
 COLUMNS = ("seconds", "updates", "updates_per_s", "migrated_per_s", "mean_abs_td", "epsilon", "agents",
            "greedy_value_start", "optimal_value_start", "gap_start", "mean_gap")
+STALL_LOG_ODDS = 50.0
+"""A run stops as stalled after so many update-less episode starts that, at the start
+update chance, they had at most e^-50 odds of happening in a run that can progress."""
+
+
+def stall_limit(update_chance: float) -> float:
+    """Episode starts without any Q update after which a run is stalled (see ``STALL_LOG_ODDS``)."""
+    if update_chance >= 1.0:
+        return STALL_LOG_ODDS
+    if update_chance <= 0.0:
+        return 0.0
+    return STALL_LOG_ODDS / -math.log1p(-update_chance)
 
 
 class Monitor:
     """Decides stop / evaluation points and records metric rows."""
 
-    def __init__(self, algo: QLearningAlgo, comm_size: int, console: Console, t0: float) -> None:
+    def __init__(self, algo: QLearningAlgo, comm_size: int, console: Console, t0: float,
+                 update_chance: float = 1.0) -> None:
         self.algo = algo
         self.size = comm_size
         self.console = console
         self.t0 = t0
         self.next_eval = 1
         self.rows: list[dict[str, float]] = []
-        self.last = (t0, 0.0, 0.0, 0.0, 0.0)  # time, updates, moved, abs_td sum
+        self.last: tuple[float, float, float, float] = (t0, 0.0, 0.0, 0.0)  # time, updates, moved, abs_td sum
         self.last_row_time = t0
         self.tracker = console.tracker("updates", total=algo.budget_updates or None)
         self.epsilon = algo.epsilon_start
+        self.stall_restarts = stall_limit(update_chance)
+        self.progress_mark: tuple[float, float] | None = None  # (updates, restarts) when updates last grew
 
     def local_totals(self, counters: np.ndarray, n_agents: int) -> np.ndarray:
         """This rank's contribution to the reduced totals."""
@@ -62,8 +78,20 @@ class Monitor:
         return self.epsilon
 
     def should_stop(self, totals: np.ndarray) -> bool:
+        """Whether the budget is used; raises ``BadInput`` (agreed) when the run makes no updates."""
+        self.check_stall(totals)
         a = self.algo
         return bool((a.budget_updates and totals[T["updates"]] >= a.budget_updates) or totals[T["out_of_time"]] > 0)
+
+    def check_stall(self, totals: np.ndarray) -> None:
+        """Raise (agreed) after ``stall_restarts`` episode starts, plus one per agent, without a Q update."""
+        updates, restarts = float(totals[T["updates"]]), float(totals[T["restarts"]])
+        if self.progress_mark is None or updates > self.progress_mark[0]:
+            self.progress_mark = (updates, restarts)
+        elif restarts - self.progress_mark[1] > self.stall_restarts + totals[T["agents"]]:
+            raise BadInput(f"[algo] starts / start_states: no Q update in the last "
+                           f"{int(restarts - self.progress_mark[1]):,} episode starts (after {int(updates):,} "
+                           "updates): the episodes cannot reach budget_updates", agreed=True)
 
     def eval_due(self, totals: np.ndarray) -> bool:
         """True at the agreed evaluation points (k / eval_points of the budget)."""
@@ -89,7 +117,7 @@ class Monitor:
         self.tracker.update(int(upd), epsilon=self.epsilon, agents=totals[T["agents"]])
         if evaluation is None and not force and now - self.last_row_time < self.console.status_every:
             return
-        t_last, u_last, m_last, td_last, _ = self.last
+        t_last, u_last, m_last, td_last = self.last
         dt = max(now - t_last, 1e-12)
         du = upd - u_last
         row = {
@@ -104,7 +132,7 @@ class Monitor:
         for k in COLUMNS[7:]:
             row[k] = (evaluation or {}).get(k, float("nan"))
         self.rows.append(row)
-        self.last = (now, upd, moved, td, 0.0)
+        self.last = (now, float(upd), float(moved), float(td))
         self.last_row_time = now
         if evaluation is not None:
             self.console.info(
@@ -127,12 +155,21 @@ class Monitor:
             return None
         return np.array([[r[k] for k in COLUMNS] for r in self.rows], dtype=np.float64)
 
-    def load_state(self, state: dict[str, float], totals: np.ndarray, rows: np.ndarray | None) -> None:
-        """Carry on from a checkpoint: evaluation cursor, elapsed time (time budget), metric rows."""
+    def window(self) -> np.ndarray:
+        """The start of the next metric row's window: (seconds, updates, moved, abs_td) (rank 0's matter)."""
+        t_last, updates, moved, abs_td = self.last
+        return np.array([t_last - self.t0, updates, moved, abs_td], dtype=np.float64)
+
+    def load_state(self, state: dict[str, float], totals: np.ndarray, rows: np.ndarray | None,
+                   window: np.ndarray | None = None) -> None:
+        """Carry on from a checkpoint: evaluation cursor, elapsed time (time budget), metric rows and the
+        next row's window (``window()``; without it the window starts at the checkpoint's totals)."""
         self.next_eval = int(state["next_eval"])
         self.t0 -= float(state["elapsed"])
-        now = time.perf_counter()
-        self.last = (now, totals[T["updates"]], totals[T["moved"]], totals[T["abs_td"]], 0.0)
+        if window is None:
+            window = np.array([time.perf_counter() - self.t0, totals[T["updates"]], totals[T["moved"]],
+                               totals[T["abs_td"]]])
+        self.last = (self.t0 + float(window[0]), float(window[1]), float(window[2]), float(window[3]))
         if rows is not None and self.console.enabled:
             self.rows = [dict(zip(COLUMNS, (float(x) for x in r))) for r in np.atleast_2d(rows)]
 

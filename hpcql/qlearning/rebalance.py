@@ -67,7 +67,7 @@ class Rebalancer:
         self.every = every
         self.threshold = threshold
         self.count = 0
-        """Recuts done in this run."""
+        """Recuts done in this run, counting those before the checkpoint it resumed from."""
 
     def due(self, comm: MPI.Comm, step: int) -> bool:
         """Whether agreed step ``step`` is a check point (same answer on every rank)."""

@@ -15,7 +15,7 @@ from hpcql.errors import BadInput
 from hpcql.faults import FaultInjector
 from hpcql.qlearning.control import QLearningControl
 from hpcql.qlearning.evaluate import Evaluator
-from hpcql.qlearning.learner import Learner
+from hpcql.qlearning.learner import Learner, start_update_chance
 from hpcql.qlearning.monitor import T, Monitor
 from hpcql.qlearning.rebalance import Rebalancer
 from hpcql.results import common_attrs, write_tabular_result
@@ -45,7 +45,9 @@ def run_qlearning(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
             problem, _ = repartition(problem, resume_offsets)  # the partition the checkpoint was cut to
     describe_problem(problem, console)
     learner = collective(comm, lambda: Learner(problem, algo, cfg.run.seed))
+    update_chance = start_update_chance(learner)
     with timer.phase("io"):
+        control.clear_if_fresh()  # every check above has passed
         control.restore_learner(learner)
     balancing = algo.rebalance_every > 0 and comm.size > 1
     unit = "rounds" if algo.mode == "sync" else "reductions"
@@ -56,8 +58,9 @@ def run_qlearning(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
     evaluator = Evaluator(problem, min(algo.tol, 1e-6), algo.max_iterations, algo.start_states, timer)
     faults = FaultInjector(cfg.debug, comm.rank)
     rebalancer = Rebalancer(algo.rebalance_every, algo.rebalance_threshold)
+    control.attach(evaluator, rebalancer)
     t_learn = time.perf_counter()
-    monitor = Monitor(algo, comm.size, console, t_learn)
+    monitor = Monitor(algo, comm.size, console, t_learn, update_chance)
     try:
         start_totals = control.restore_monitor(monitor)
         if algo.mode == "sync":
