@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from hpcql.config import load_config
+from hpcql.errors import BadInput
 from hpcql.slurm.render import build_spec, label_for, parse_sweeps, render
 from hpcql.slurm.submit import parse_job_id
 
@@ -86,11 +87,49 @@ def test_several_configs_make_an_array(cfg: Path, tmp_path: Path):
     (["--nodes", "0"], "nodes"),
     (["--launcher", "ssh"], "launcher"),
     (["--array", "x"], "--array"),
+    (["--mem", "32G\ntouch /tmp/x"], "--mem"),
+    (["--mem", "32 G"], "--mem"),
+    (["--partition", "a b"], "--partition"),
+    (["--partition", "gpu\n#SBATCH --exclusive"], "--partition"),
+    (["--account", "x$(id)"], "--account"),
+    (["--qos", "normal;id"], "--qos"),
+    (["--time", "99:99:99"], "--time"),
+    (["--time", "1-24"], "--time"),
+    (["--time", "1:60"], "--time"),
+    (["--time", "1-1:1:1:1"], "--time"),
+    (["--time", ""], "--time"),
 ])
 def test_bad_arguments_exit_2_with_one_line(cfg: Path, tmp_path: Path, args: list[str], needle: str):
     r = submit([str(cfg), "--dry-run", *args], tmp_path)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr
+
+
+@pytest.mark.parametrize("toml,needle", [
+    ('mem = "32G\\ntouch /tmp/x"', "[slurm] mem"),
+    ('partition = "a b"', "[slurm] partition"),
+    ('account = "`id`"', "[slurm] account"),
+    ('qos = "q&"', "[slurm] qos"),
+    ('mpi = "pmi2; id"', "[slurm] mpi"),
+    ('time = "24:60:00"', "[slurm] time"),
+    ('extra = ["--exclusive\\necho injected"]', "[slurm] extra"),
+    ('extra = ["exclusive"]', "[slurm] extra"),
+])
+def test_bad_slurm_section_values_exit_2_naming_file_and_key(tmp_path: Path, toml: str, needle: str):
+    p = tmp_path / "bad.toml"
+    p.write_text(f'[run]\nout_dir = "runs"\n[slurm]\n{toml}\n')
+    r = submit([str(p), "--dry-run"], tmp_path)
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr and "bad.toml" in r.stderr
+
+
+def test_plain_resource_values_render(cfg: Path, tmp_path: Path):
+    r = submit([str(cfg), "--dry-run", "--mem", "4000M", "--partition", "gpu,cpu", "--account", "proj-1_a.b",
+                "--qos", "high+", "--time", "1-23:59:59"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    for line in ("#SBATCH --mem=4000M", "#SBATCH --partition=gpu,cpu", "#SBATCH --account=proj-1_a.b",
+                 "#SBATCH --qos=high+", "#SBATCH --time=1-23:59:59"):
+        assert line in r.stdout
 
 
 def test_missing_config_exit_2(tmp_path: Path):
@@ -109,6 +148,13 @@ def test_time_limits():
 
     assert [time_limit_seconds(t) for t in ("5", "5:30", "01:00:00", "2-0", "1-01:02", "1-00:00:01")] == \
         [300, 330, 3600, 172800, 90120, 86401]
+    # the leading field may be large (SLURM carries it); the fields after it are bounded
+    assert [time_limit_seconds(t) for t in ("90", "90:30", "36:00:00", "1-23:59:59")] == \
+        [5400, 5430, 129600, 172799]
+    for bad in ("99:99:99", "00:60:00", "00:00:60", "1:60", "1-24", "1-0:60", "1-0:0:60", "1-1:1:1:1", "1-",
+                "-1", "1:2:3:4", ":30", "1::2", "", " 5", "5\n", "\u0663"):
+        with pytest.raises(BadInput, match="--time"):
+            time_limit_seconds(bad)
 
 
 def test_signal_must_come_before_the_time_limit(cfg: Path, tmp_path: Path):

@@ -19,11 +19,11 @@ import jinja2
 from hpcql import __version__
 from hpcql.config import SlurmSection, load_config
 from hpcql.errors import BadInput
+from hpcql.slurm.validate import RESOURCES, check_extra, check_resource, time_limit_seconds
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "templates"
 RESOURCE_KEYS = ("nodes", "ntasks_per_node", "cpus_per_task", "time", "partition", "account", "qos",
                  "gpus_per_node", "mem", "launcher", "mpi", "signal_seconds")
-_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$|^\d+-\d+$")
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,11 @@ def parse_sweeps(sweeps: list[str]) -> list[list[str]]:
     return [list(p) for p in itertools.product(*axes)] if axes else [[]]
 
 
-def effective_slurm(base: SlurmSection, options: dict) -> SlurmSection:
-    """The config's ``[slurm]`` section with command-line options (not None) on top, validated."""
+def effective_slurm(base: SlurmSection, options: dict, source: str = "config") -> SlurmSection:
+    """The config's ``[slurm]`` section with command-line options (not None) on top, validated.
+
+    A bad value is named as its command-line option when given there, else as ``SOURCE: [slurm] key``.
+    """
     updates = {k: v for k, v in options.items() if v is not None}
     merged = base.model_dump() | updates
     try:
@@ -96,28 +99,14 @@ def effective_slurm(base: SlurmSection, options: dict) -> SlurmSection:
     except Exception as exc:  # pydantic ValidationError: one line naming the option
         first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": ("?",), "msg": str(exc)}
         raise BadInput(f"slurm option {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    for key in ("time", *RESOURCES):
+        check_resource(key, getattr(slurm, key), f"--{key}" if key in updates else f"{source}: [slurm] {key}")
+    check_extra(slurm.extra, f"{source}: [slurm] extra")
     limit = time_limit_seconds(slurm.time)
     if slurm.signal_seconds and slurm.signal_seconds >= limit:
         raise BadInput(f"--signal-seconds {slurm.signal_seconds}: must be shorter than the time limit "
                        f"{slurm.time} ({limit} s), or the job is signalled as soon as it starts")
     return slurm
-
-
-def time_limit_seconds(text: str) -> int:
-    """SLURM's time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
-    if not _TIME.match(text):
-        raise BadInput(f"--time {text!r}: expected minutes, [D-]HH:MM:SS, MM:SS or D-HH")
-    days, _, rest = text.rpartition("-")
-    parts = [int(x) for x in rest.split(":")]
-    if days:
-        h, m, s = (parts + [0, 0])[:3]
-    elif len(parts) == 1:
-        h, m, s = 0, parts[0], 0
-    elif len(parts) == 2:
-        h, m, s = 0, parts[0], parts[1]
-    else:
-        h, m, s = parts
-    return ((int(days or 0) * 24 + h) * 60 + m) * 60 + s
 
 
 def build_spec(configs: list[str], overrides: list[str], sweeps: list[str], options: dict,
@@ -151,7 +140,7 @@ def build_spec(configs: list[str], overrides: list[str], sweeps: list[str], opti
                 label = f"{Path(path).stem}_{label}"
             points.append(JobPoint(cid, tuple(overrides + sweep), re.sub(r"[^A-Za-z0-9._+-]+", "-", label)))
     assert first_cfg is not None
-    slurm = effective_slurm(first_cfg.slurm, options)
+    slurm = effective_slurm(first_cfg.slurm, options, configs[0])
     root = Path(out_dir) if out_dir else Path(first_cfg.run.out_dir)
     root = root if root.is_absolute() else workdir / root
     for what, p in (("run directory root", root), ("working directory", workdir)):
