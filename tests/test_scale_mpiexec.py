@@ -61,11 +61,52 @@ def test_weak_scaling_refuses_fixed_models(tmp_path: Path):
     assert r.returncode == 2 and "weak" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("args", [["--ranks", "1,x"], ["--ranks", "0,2"], ["--ranks", "1", "--repeat", "0"],
-                                  ["--ranks", "1", "--mode", "medium"]])
-def test_bad_arguments_exit_2(cfg: Path, tmp_path: Path, args: list[str]):
+@pytest.mark.parametrize("args,needle", [
+    (["--ranks", "1,x"], "--ranks"), (["--ranks", "0,2"], "--ranks"), (["--ranks", "1", "--repeat", "0"], "--repeat"),
+    (["--ranks", "1", "--mode", "medium"], "--mode"),
+    (["--ranks", "1,2", "--project-ranks", "0"], "--project-ranks"),
+    (["--ranks", "1", "--project-ranks", "100,-4"], "--project-ranks"),
+    (["--ranks", "1", "--project-ranks", "1.5"], "--project-ranks"),
+    (["--ranks", "1", "--project-states", "0"], "--project-states"),
+    (["--ranks", "1", "--project-states", ","], "--project-states"),
+    (["--ranks", "1", "--alpha", "-1"], "--alpha"), (["--ranks", "1", "--beta", "nan"], "--beta"),
+    (["--ranks", "1", "--alpha", "inf"], "--alpha"),
+    (["--ranks", "1", "--timeout", "0"], "--timeout"), (["--ranks", "1", "--timeout", "-5"], "--timeout"),
+    (["--ranks", "1", "--time", "99:99:99"], "--time"), (["--ranks", "1", "--partition", "a b"], "--partition"),
+    (["--ranks", "1", "--mpi", "pmi2;id"], "--mpi"),
+    (["--ranks", "1,2", "--mode", "weak", "--set", "env.rows=0"], "rows"),
+])
+def test_bad_arguments_exit_2_before_any_run(cfg: Path, tmp_path: Path, args: list[str], needle: str):
     r = scale([str(cfg), *args, "--out", str(tmp_path / "o")], tmp_path)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o" / "runs").exists()  # rejected up front: nothing was launched
+
+
+@pytest.mark.parametrize("sub", ["", "sub"])
+def test_out_that_is_a_file_exits_2_and_is_kept(cfg: Path, tmp_path: Path, sub: str):
+    existing = tmp_path / "existing"
+    existing.write_text("keep me\n")
+    r = scale([str(cfg), "--ranks", "1", "--repeat", "1", "--out", str(existing / sub)], tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--out" in r.stderr and str(existing) in r.stderr
+    assert existing.read_text() == "keep me\n"
+
+
+def test_bad_input_in_a_run_exits_2_with_its_message(tmp_path: Path):
+    """A run that exits 2 (here: an MDP file whose row 1 sums to 1.4) stops the study with that one line."""
+    from hpcql.mdp import write_mdp
+
+    write_mdp(tmp_path / "bad.h5", [0, 1, 3], [0, 0, 1], [1.0, 0.7, 0.7], [[0.0], [1.0]], discount=0.9)
+    p = tmp_path / "m.toml"
+    p.write_text(f'[env]\nkind = "mdp-file"\npath = "{tmp_path / "bad.h5"}"\n[algo]\nname = "value-iteration"\n')
+    r = scale([str(p), "--ranks", "1,2", "--repeat", "2", "--out", str(tmp_path / "o")], tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpcql: error: ") and "bad.h5" in lines[0], r.stderr
+    assert "sum" in lines[0] and "run failed" not in lines[0]
+    assert [d.name for d in (tmp_path / "o" / "runs").iterdir()] == ["ranks00001-rep0"]  # stopped at once
+    assert not (tmp_path / "o" / "scaling.csv").exists()
 
 
 def _record(ranks: int, states: int, iters: int, compute: float, exch: float, red: float) -> RunRecord:

@@ -15,14 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from hpcql.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, BadInput
+
+if TYPE_CHECKING:
+    from hpcql.config import Config
 
 
 @dataclass
@@ -119,6 +125,8 @@ def run_point(config: str | None, overrides: list[str], ranks: int, repeat: int,
                            f"{' '.join(cmd)}") from None
     (run_dir / "scale-run.log").parent.mkdir(parents=True, exist_ok=True)
     (run_dir / "scale-run.log").write_text(f"$ {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
+    if proc.returncode == EXIT_BAD_INPUT:
+        raise BadInput(child_error(proc.stderr) + f" (scale run: {ranks} rank(s), log {run_dir / 'scale-run.log'})")
     if proc.returncode != 0:
         tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-5:]
         raise RuntimeError(f"{ranks} rank(s), repeat {repeat}: exit {proc.returncode}: " + " | ".join(tail))
@@ -129,26 +137,58 @@ def run_point(config: str | None, overrides: list[str], ranks: int, repeat: int,
     return RunRecord(ranks, repeat, size["states"], wall, iters, phases, str(run_dir), size)
 
 
-def run_study(args: argparse.Namespace) -> Path:
-    """The whole study; returns the output directory."""
+_CHILD_ERROR = re.compile(r"^hpcql: (?:rank \d+: )?error: (.+)$", re.M)
+
+
+def child_error(stderr: str) -> str:
+    """The first ``hpcql: [rank N: ]error: ...`` message of a run that exited 2 (without the prefix)."""
+    found = _CHILD_ERROR.search(stderr)
+    lines = stderr.strip().splitlines()
+    return found.group(1).strip() if found else lines[-1].strip() if lines else "bad input (exit 2), no message"
+
+
+def check_arguments(args: argparse.Namespace) -> tuple[Config, list[int], dict[int, list[str]], Path]:
+    """Everything that can be checked before a run starts: the rank counts, the srun options, the
+    config at every rank count (weak scaling grows it) and the output directory (created here).
+
+    Returns (config, rank counts, the extra ``--set`` overrides per rank count, output directory).
+    """
     from hpcql.config import load_config
-    from hpcql.scaling.projection import write_projection
-    from hpcql.scaling.table import summarize, write_outputs
+    from hpcql.slurm.validate import check_resource
 
     ranks = parse_ranks(args.ranks)
     if args.repeat < 1:
         raise BadInput(f"--repeat {args.repeat}: must be >= 1")
+    for key in ("partition", "account", "time", "mpi"):
+        if getattr(args, key) is not None:
+            check_resource(key, getattr(args, key), f"--{key}")
     base_sets = list(args.set or [])
     cfg = load_config(args.config, base_sets)
+    extra = {k: weak_overrides(cfg, k) if args.mode == "weak" else [] for k in ranks}
+    for k in ranks:  # weak scaling: the grown problem must be a valid config too
+        load_config(args.config, base_sets + extra[k])
     out = Path(args.out) if args.out else Path(cfg.run.out_dir) / f"scaling-{args.mode}"
-    out.mkdir(parents=True, exist_ok=True)
-    if args.mode == "weak":
-        weak_overrides(cfg, 1)  # refuse fixed models before running anything
+    where = "--out" if args.out else "[run] out_dir"
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"{where}: {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"{where}: cannot create {out} ({exc.strerror or exc})") from None
+    return cfg, ranks, extra, out
+
+
+def run_study(args: argparse.Namespace) -> Path:
+    """The whole study; returns the output directory."""
+    from hpcql.scaling.projection import write_projection
+    from hpcql.scaling.table import summarize, write_outputs
+
+    cfg, ranks, extra, out = check_arguments(args)
+    base_sets = list(args.set or [])
     records: list[RunRecord] = []
     for k in ranks:
-        extra = weak_overrides(cfg, k) if args.mode == "weak" else []
         for rep in range(args.repeat):
-            rec = run_point(args.config, base_sets + extra, k, rep, out, args)
+            rec = run_point(args.config, base_sets + extra[k], k, rep, out, args)
             records.append(rec)
             print(f"hpcql scale: {args.mode} {k} rank(s) run {rep + 1}/{args.repeat}: {rec.wall_seconds:.3f} s, "
                   f"{rec.iterations} iterations, {rec.states:,} states", file=sys.stderr)
@@ -173,11 +213,33 @@ def cmd_scale(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers") from None
+def number(low: float, strict: bool = False, integer: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number >= ``low`` (``strict``: > low), optionally a whole one."""
+    what = f"{'a whole' if integer else 'a finite'} number {'>' if strict else '>='} {low:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value > low if strict else value >= low)
+                and (value.is_integer() or not integer)):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {what}")
+        return value
+
+    return parse
+
+
+def number_list(item: Callable[[str], float]) -> Callable[[str], list[float]]:
+    """An argparse type: a non-empty comma-separated list of ``item`` numbers."""
+
+    def parse(text: str) -> list[float]:
+        values = [item(x.strip()) for x in text.split(",") if x.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers")
+        return values
+
+    return parse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -190,14 +252,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=3, help="runs per rank count (the median is reported)")
     p.add_argument("--out", help="output directory (default: <run.out_dir>/scaling-<mode>)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
-    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per run before it counts as hung")
+    p.add_argument("--timeout", type=number(0, strict=True), default=1800.0,
+                   help="seconds per run before it counts as hung")
     p.add_argument("--partition", "-p", help="srun --partition (launcher slurm)")
     p.add_argument("--account", "-A", help="srun --account (launcher slurm)")
     p.add_argument("--time", "-t", help="srun --time per run (launcher slurm)")
     p.add_argument("--mpi", default="pmi2", help="srun --mpi plugin (launcher slurm; default pmi2)")
-    p.add_argument("--project-states", type=_float_list, default=[1e9],
+    p.add_argument("--project-states", type=number_list(number(1)), default=[1e9],
                    help="problem sizes (states) for the projection, e.g. 1e8,1e9")
-    p.add_argument("--project-ranks", type=_float_list, default=[100, 256, 1024, 4096, 10000],
+    p.add_argument("--project-ranks", type=number_list(number(1, integer=True)),
+                   default=[100, 256, 1024, 4096, 10000],
                    help="rank counts for the projection")
-    p.add_argument("--alpha", type=float, help="use this latency (s) instead of the fitted one")
-    p.add_argument("--beta", type=float, help="use this inverse bandwidth (s/byte) instead of the fitted one")
+    p.add_argument("--alpha", type=number(0), help="use this latency (s) instead of the fitted one")
+    p.add_argument("--beta", type=number(0), help="use this inverse bandwidth (s/byte) instead of the fitted one")
