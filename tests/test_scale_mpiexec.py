@@ -134,3 +134,14 @@ def test_fit_recovers_alpha_beta_from_synthetic_runs():
     pt = project(params, {"kind": "gridworld"}, 1e9, 1024)
     assert 0 < pt["efficiency"] < 1 and pt["compute_s"] == pytest.approx(c * 1e9 / 1024)
     assert halo({"kind": "gridworld", "cols": 100}, 1e4, 1) == (0.0, 0.0)
+
+
+def test_an_earlier_study_is_kept_unless_overwrite(cfg: Path, tmp_path: Path):
+    out = tmp_path / "o"
+    args = [str(cfg), "--ranks", "1", "--repeat", "1", "--out", str(out)]
+    assert scale(args, tmp_path).returncode == 0
+    before = (out / "scaling.csv").read_bytes()
+    r = scale(args, tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--overwrite" in r.stderr, r.stderr
+    assert (out / "scaling.csv").read_bytes() == before
+    assert scale([*args, "--overwrite"], tmp_path).returncode == 0

@@ -171,6 +171,9 @@ def check_arguments(args: argparse.Namespace) -> tuple[Config, list[int], dict[i
     where = "--out" if args.out else "[run] out_dir"
     if out.exists() and not out.is_dir():
         raise BadInput(f"{where}: {out} exists and is not a directory")
+    if (out / "scaling.csv").exists() and not args.overwrite:
+        raise BadInput(f"{where}: {out / 'scaling.csv'} already exists (an earlier study); pass --overwrite to "
+                       "replace it, or choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -251,6 +254,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mpiexec (laptop, or inside an allocation) or slurm (srun: a step, or its own allocation)")
     p.add_argument("--repeat", type=int, default=3, help="runs per rank count (the median is reported)")
     p.add_argument("--out", help="output directory (default: <run.out_dir>/scaling-<mode>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier study's tables and plots in --out")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     p.add_argument("--timeout", type=number(0, strict=True), default=1800.0,
                    help="seconds per run before it counts as hung")
