@@ -116,12 +116,16 @@ class Checkpoint:
         with h5py.File(self.path, "r") as f:
             return np.asarray(f[name][row_start:row_stop])
 
-    def require(self, name: str, shape: tuple[int, ...], kinds: str = "f") -> None:
-        """``BadInput`` unless dataset ``name`` exists with ``shape`` and a dtype of a numpy kind in ``kinds``."""
+    def require(self, name: str, shape: tuple[int, ...], kinds: str = "f", finite: bool = False) -> None:
+        """``BadInput`` unless dataset ``name`` exists with ``shape`` and a dtype of a numpy kind in ``kinds``
+        (and, with ``finite``, holds no NaN or infinity)."""
         with h5py.File(self.path, "r") as f:
             d = f.get(name)
             if isinstance(d, h5py.Dataset) and d.shape == shape and d.dtype.kind in kinds:
-                return
+                if not finite or np.isfinite(d[()]).all():
+                    return
+                raise BadInput(f"{self.path}: dataset '{name}' holds non-finite values; the checkpoint cannot be "
+                               "resumed: run with --fresh to start over")
             got = "missing" if d is None else f"{getattr(d, 'shape', 'a group')} {getattr(d, 'dtype', '')}".strip()
         raise BadInput(f"{self.path}: dataset '{name}' is {got}, expected shape {shape}; the checkpoint does not "
                        "fit this problem: run with --fresh to start over")

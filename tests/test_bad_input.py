@@ -49,6 +49,11 @@ def corrupt(path, what):
             f.attrs["num_states"] = 20.5
         elif what == "discount-str":
             f.attrs["discount"] = "x"
+        elif what == "uint64-index":
+            i = f["transitions/indices"][:].astype(np.uint64)
+            i[70] = 2**64 - 1  # row 35; a cast to int64 would read -1
+            del f["transitions/indices"]
+            f.create_dataset("transitions/indices", data=i)
 
 
 @pytest.mark.parametrize(
@@ -64,6 +69,7 @@ def corrupt(path, what):
         ("version-str", "attribute 'version' is 'one', expected 1"),
         ("states-float", "attribute 'num_states' is 20.5, expected an integer >= 1"),
         ("discount-str", "attribute 'discount' is 'x'"),
+        ("uint64-index", f"dataset '/transitions/indices': value {2**64 - 1} is too large"),
     ],
 )
 def test_malformed_mdp_file(tmp_path, what, expected):

@@ -162,17 +162,21 @@ def test_signal_with_checkpoints_disabled_exits_4_and_claims_no_checkpoint(tmp_p
     assert not (tmp_path / "nock" / "checkpoints").exists() and not (tmp_path / "nock" / "result.h5").exists()
 
 
-def test_checkpoint_whose_values_do_not_fit_the_problem_is_bad_input(tmp_path):
-    """A checkpoint that verifies but holds V of another length: exit 2 naming it; it is left in place."""
+@pytest.mark.parametrize("v, message", [
+    (np.zeros(50), "dataset 'V' is (50,) float64, expected shape (4200,)"),
+    (np.full(4200, np.nan), "dataset 'V' holds non-finite values"),
+], ids=["length", "nan"])
+def test_checkpoint_whose_values_do_not_fit_the_problem_is_bad_input(tmp_path, v, message):
+    """A checkpoint that verifies but holds V of another length, or NaN: exit 2 naming it; it is left in place."""
     cfg = config(tmp_path, "cut", 'name = "value-iteration"', "[debug]\nsignal_rank = 0\nsignal_at_iteration = 20")
     assert hpcql(["run", cfg], ranks=2, timeout=120).returncode == EXIT_CHECKPOINTED
     newest = sorted((tmp_path / "cut" / "checkpoints").glob("ckpt-*.h5"))[-1]
     with h5py.File(newest, "r+") as f:
         del f["V"]
-        f.create_dataset("V", data=np.zeros(50))
+        f.create_dataset("V", data=v)
     before = newest.read_bytes()
     res = hpcql(["run", cfg, "--set", "debug.signal_rank=-1"], ranks=2, timeout=120)
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 2 and len(lines) == 1, res.stderr
-    assert f"{newest}: dataset 'V' is (50,) float64, expected shape (4200,)" in lines[0]
+    assert f"{newest}: {message}" in lines[0]
     assert newest.read_bytes() == before and not (tmp_path / "cut" / "result.h5").exists()

@@ -133,3 +133,21 @@ def test_fresh_keeps_the_checkpoints_when_the_config_is_rejected(tmp_path):
         assert (tmp_path / "fresh" / "result.h5").read_bytes() == before
     proc = hpcql(["run", cfg, "--overwrite", "--fresh"], ranks=2, timeout=120)
     assert proc.returncode == 0 and "resuming" not in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_checkpoint_with_non_finite_q_is_bad_input(tmp_path):
+    """A checkpoint that verifies but holds NaN in Q: exit 2 naming file and dataset; left in place."""
+    cfg = config(tmp_path, "nanq", SMALL, f'mode = "sync"\n{SMALL_ALGO}', "[debug]\nsignal_rank = 1\nsignal_at_iteration = 5")
+    assert hpcql(["run", cfg], ranks=2, timeout=120).returncode == EXIT_CHECKPOINTED
+    newest = sorted((tmp_path / "nanq" / "checkpoints").glob("ckpt-*.h5"))[-1]
+    with h5py.File(newest, "r+") as f:
+        q = f["Q"][()]
+        q[3, 1] = np.nan
+        del f["Q"]
+        f.create_dataset("Q", data=q)
+    before = newest.read_bytes()
+    res = hpcql(["run", cfg, "--set", "debug.signal_rank=-1"], ranks=2, timeout=120)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stdout + res.stderr
+    assert f"{newest}: dataset 'Q' holds non-finite values" in lines[0]
+    assert newest.read_bytes() == before and not (tmp_path / "nanq" / "result.h5").exists()

@@ -116,22 +116,29 @@ def read_header(path: str) -> MdpHeader:
     return MdpHeader(S, A, ix.shape[0], discount)
 
 
+def _as_int64(raw: np.ndarray, path: str, name: str) -> np.ndarray:
+    """``raw`` as int64; an unsigned value beyond int64 is bad input (a cast would print it negative)."""
+    if raw.dtype.kind == "u" and raw.size and int(raw.max()) > np.iinfo(np.int64).max:
+        raise _fail(path, f"dataset '/{name}': value {int(raw.max())} is too large")
+    return np.asarray(raw, dtype=np.int64)
+
+
 def read_state_nnz_cumulative(path: str, header: MdpHeader) -> np.ndarray:
     """Cumulative transition entries at state boundaries: ``indptr[::A]`` (S+1 values)."""
     with h5py.File(path, "r") as f:
-        return np.asarray(f["transitions/indptr"][:: header.num_actions], dtype=np.int64)
+        return _as_int64(f["transitions/indptr"][:: header.num_actions], path, "transitions/indptr")
 
 
 def read_rows(path: str, header: MdpHeader, row_start: int, row_stop: int) -> MdpShard:
     """Read only the rows of states ``row_start:row_stop``."""
     A = header.num_actions
     with h5py.File(path, "r") as f:
-        indptr = np.asarray(f["transitions/indptr"][row_start * A: row_stop * A + 1], dtype=np.int64)
+        indptr = _as_int64(f["transitions/indptr"][row_start * A: row_stop * A + 1], path, "transitions/indptr")
         if np.any(np.diff(indptr) < 0):
             bad = row_start * A + int(np.flatnonzero(np.diff(indptr) < 0)[0])
             raise _fail(path, f"dataset '/transitions/indptr' decreases at row {bad}")
         lo, hi = int(indptr[0]), int(indptr[-1])
-        indices = np.asarray(f["transitions/indices"][lo:hi], dtype=np.int64)
+        indices = _as_int64(f["transitions/indices"][lo:hi], path, "transitions/indices")
         probs = np.asarray(f["transitions/probs"][lo:hi], dtype=np.float64)
         rewards = np.asarray(f["rewards"][row_start:row_stop], dtype=np.float64)
     if not np.all(np.isfinite(rewards)):

@@ -42,6 +42,7 @@ from mpi4py import MPI
 
 from hpcql import signals
 from hpcql.checkpoint import Checkpoint, Checkpointed, CheckpointStore
+from hpcql.comm import collective
 from hpcql.config import Config
 from hpcql.console import Console
 from hpcql.qlearning.agents import RECORD, Agents
@@ -96,8 +97,11 @@ class QLearningControl:
 
     def restore_learner(self, learner: Learner) -> None:
         """Load the resumed Q, visits, agents and counters into ``learner`` (collective)."""
-        if self.resumed is not None:
-            restore_learner(learner, self.resumed)
+        ck = self.resumed
+        if ck is not None:
+            sh = learner.problem.shard
+            collective(self.comm, lambda: ck.require("Q", (sh.num_states, sh.num_actions), finite=True))
+            restore_learner(learner, ck)
 
     def attach(self, evaluator: Evaluator | None, rebalancer: Rebalancer | None) -> None:
         """Restore the evaluator's warm start and the recut count, and save them from now on (collective)."""
