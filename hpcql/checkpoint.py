@@ -97,7 +97,7 @@ def verify(path: Path) -> str | None:
 
             f.visititems(read)
             return None
-    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
         return f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
 
 
@@ -116,13 +116,14 @@ class Checkpoint:
         with h5py.File(self.path, "r") as f:
             return np.asarray(f[name][row_start:row_stop])
 
-    def require(self, name: str, shape: tuple[int, ...], kinds: str = "f", finite: bool = False) -> None:
+    def require(self, name: str, shape: tuple[int, ...], kinds: str = "f",
+                finite_rows: tuple[int, int] | None = None) -> None:
         """``BadInput`` unless dataset ``name`` exists with ``shape`` and a dtype of a numpy kind in ``kinds``
-        (and, with ``finite``, holds no NaN or infinity)."""
+        (and its rows ``finite_rows``, when given, hold no NaN or infinity: each rank checks only its own)."""
         with h5py.File(self.path, "r") as f:
             d = f.get(name)
             if isinstance(d, h5py.Dataset) and d.shape == shape and d.dtype.kind in kinds:
-                if not finite or np.isfinite(d[()]).all():
+                if finite_rows is None or np.isfinite(d[finite_rows[0]:finite_rows[1]]).all():
                     return
                 raise BadInput(f"{self.path}: dataset '{name}' holds non-finite values; the checkpoint cannot be "
                                "resumed: run with --fresh to start over")

@@ -61,7 +61,8 @@ def write_sharded(
     ``per_rank`` datasets belong to one rank each and land at
     ``per_rank/<rank>/<name>``. ``final_attrs`` are set after all data is written
     (e.g. a ``complete`` marker).
-    ``checksum`` adds the Fletcher32 filter (chunked datasets) for integrity checks.
+    ``checksum`` adds the Fletcher32 filter (chunked datasets) for integrity checks, except under
+    parallel HDF5, which cannot write filtered datasets independently.
     Collective over ``comm``.
     """
     path = Path(path)
@@ -70,7 +71,10 @@ def write_sharded(
     row_start, row_stop = int(offsets[rank]), int(offsets[rank + 1])
     global_rows = int(offsets[-1])
     shapes = {k: (global_rows,) + tuple(a.shape[1:]) for k, a in arrays.items()}
-    opts: dict[str, Any] = {"fletcher32": True} if checksum else {}
+    collective_io = PARALLEL_HDF5 and comm.size > 1
+    # HDF5 refuses independent writes to filtered datasets ("Can't perform independent write with filters
+    # in pipeline"), and ranks write their own rows independently: under mpio, no Fletcher32.
+    opts: dict[str, Any] = {"fletcher32": True} if checksum and not collective_io else {}
     own = {k: np.ascontiguousarray(v) for k, v in (per_rank or {}).items()}
     layouts = comm.allgather({k: (v.shape, v.dtype.str) for k, v in own.items()})
 
@@ -98,7 +102,7 @@ def write_sharded(
             if a.size:
                 f[f"per_rank/{rank}/{k}"][...] = a
 
-    if PARALLEL_HDF5 and comm.size > 1:
+    if collective_io:
         with h5py.File(tmp, "w", driver="mpio", comm=comm) as f:
             create(f)
             fill(f)

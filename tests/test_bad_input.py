@@ -127,3 +127,16 @@ def test_inspect_of_a_damaged_file_exits_2(tmp_path):
     res = hpcql(["inspect", str(path)], ranks=1, timeout=60)
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 2 and len(lines) == 1 and f"{path}: damaged file" in lines[0], res.stderr
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({"max_episode_steps": 0}, "ValueError"),       # gymnasium's TimeLimit rejects it with a ValueError
+    ({"no_such_option": 1}, "TypeError"),
+])
+def test_dqn_env_option_the_env_rejects_is_bad_input(options, expected):
+    from hpcql.config import GymEnv
+    from hpcql.dqn.envs import make_env
+    from hpcql.errors import BadInput
+
+    with pytest.raises(BadInput, match=rf"^\[env\] options: bad option for 'CartPole-v1': {expected}"):
+        make_env(GymEnv(kind="gymnasium", id="CartPole-v1", options=options))

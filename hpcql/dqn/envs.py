@@ -21,8 +21,8 @@ def make_env(env_cfg: GymEnv) -> gym.Env:
         return gym.make(env_cfg.id, **env_cfg.options)
     except gym.error.Error as exc:
         raise BadInput(f"[env] id: cannot make gymnasium env {env_cfg.id!r}: {exc}") from None
-    except TypeError as exc:
-        raise BadInput(f"[env] options: bad option for {env_cfg.id!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the env's constructor rejects an option with
+        raise BadInput(f"[env] options: bad option for {env_cfg.id!r}: {type(exc).__name__}: {exc}") from None
 
 
 def check_spaces(env: gym.Env, env_id: str) -> tuple[int, int]:

@@ -84,7 +84,8 @@ def make_control(cfg: Config, comm: MPI.Comm, console: Console, offsets, timer: 
         store.clear()
     resumed = store.latest(console.warn) if cfg.checkpoint.enabled else None
     if resumed is not None:
-        collective(comm, lambda: resumed.require("V", (int(offsets[-1]),), finite=True))
+        mine = (int(offsets[comm.rank]), int(offsets[comm.rank + 1]))
+        collective(comm, lambda: resumed.require("V", (int(offsets[-1]),), finite_rows=mine))
         console.info(f"resuming from {resumed.path} (step {resumed.step}, written by {resumed.ranks} rank(s))")
     return RunControl(store, cfg.checkpoint, offsets, timer, resumed)
 
