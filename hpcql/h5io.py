@@ -43,6 +43,28 @@ def _set_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
         obj.attrs[key] = value
 
 
+def _write_collective(dset: h5py.Dataset, row_start: int, rows: np.ndarray) -> None:
+    """Write ``rows`` at ``row_start`` of ``dset`` in one collective H5Dwrite that every rank calls.
+
+    A rank with no rows selects nothing but still calls (h5py's high-level setitem skips empty
+    writes, which would hang the others); the data must not need a type conversion, or HDF5 falls
+    back to independent I/O, which filtered datasets refuse.
+    """
+    dxpl = h5py.h5p.create(h5py.h5p.DATASET_XFER)
+    dxpl.set_dxpl_mpio(h5py.h5fd.MPIO_COLLECTIVE)
+    fspace = dset.id.get_space()
+    rows = np.ascontiguousarray(rows, dtype=dset.dtype)
+    if rows.size:
+        fspace.select_hyperslab((row_start,) + (0,) * (rows.ndim - 1), rows.shape)
+        mspace = h5py.h5s.create_simple(rows.shape)
+    else:
+        fspace.select_none()
+        rows = np.zeros(1, dtype=dset.dtype)
+        mspace = h5py.h5s.create_simple((1,))
+        mspace.select_none()
+    dset.id.write(mspace, fspace, rows, dxpl=dxpl)
+
+
 def write_sharded(
     path: str | os.PathLike,
     comm: MPI.Comm,
@@ -61,8 +83,10 @@ def write_sharded(
     ``per_rank`` datasets belong to one rank each and land at
     ``per_rank/<rank>/<name>``. ``final_attrs`` are set after all data is written
     (e.g. a ``complete`` marker).
-    ``checksum`` adds the Fletcher32 filter (chunked datasets) for integrity checks, except under
-    parallel HDF5, which cannot write filtered datasets independently.
+    ``checksum`` adds the Fletcher32 filter (chunked datasets) for integrity checks. Under
+    parallel HDF5, which writes filtered datasets only collectively, the sharded and replicated
+    datasets are written collectively (every rank takes part, with an empty selection where it
+    has nothing) and keep the filter; ``per_rank`` datasets, written by their rank alone, do not.
     Collective over ``comm``.
     """
     path = Path(path)
@@ -72,9 +96,9 @@ def write_sharded(
     global_rows = int(offsets[-1])
     shapes = {k: (global_rows,) + tuple(a.shape[1:]) for k, a in arrays.items()}
     collective_io = PARALLEL_HDF5 and comm.size > 1
-    # HDF5 refuses independent writes to filtered datasets ("Can't perform independent write with filters
-    # in pipeline"), and ranks write their own rows independently: under mpio, no Fletcher32.
-    opts: dict[str, Any] = {"fletcher32": True} if checksum and not collective_io else {}
+    opts: dict[str, Any] = {"fletcher32": True} if checksum else {}
+    # HDF5 refuses independent writes to filtered datasets: per-rank datasets under mpio go unfiltered.
+    own_opts = {} if collective_io else opts
     own = {k: np.ascontiguousarray(v) for k, v in (per_rank or {}).items()}
     layouts = comm.allgather({k: (v.shape, v.dtype.str) for k, v in own.items()})
 
@@ -87,16 +111,23 @@ def write_sharded(
         for k, a in (replicated or {}).items():
             arr = np.asarray(a)
             chunk_opts = dict(opts, chunks=_chunks(arr.shape, arr.dtype)) if opts and arr.size and arr.ndim else {}
-            f.create_dataset(k, data=arr, **chunk_opts)
+            if chunk_opts and collective_io:
+                _write_collective(f.create_dataset(k, shape=arr.shape, dtype=arr.dtype, **chunk_opts), 0,
+                                  arr if rank == 0 else arr[:0])
+            else:
+                f.create_dataset(k, data=arr, **chunk_opts)
         for r, layout in enumerate(layouts):
             for k, (shape, dtype) in layout.items():
-                chunk_opts = (dict(opts, chunks=_chunks(tuple(shape), np.dtype(dtype)))
-                              if opts and int(np.prod(shape)) > 0 and len(shape) > 0 else {})
+                chunk_opts = (dict(own_opts, chunks=_chunks(tuple(shape), np.dtype(dtype)))
+                              if own_opts and int(np.prod(shape)) > 0 and len(shape) > 0 else {})
                 f.create_dataset(f"per_rank/{r}/{k}", shape=shape, dtype=np.dtype(dtype), **chunk_opts)
 
     def fill(f: h5py.File) -> None:
         for k, a in arrays.items():
-            if row_stop > row_start:
+            if collective_io:
+                if int(np.prod(shapes[k])) > 0:
+                    _write_collective(f[k], row_start, a)
+            elif row_stop > row_start:
                 f[k][row_start:row_stop] = a
         for k, a in own.items():
             if a.size:
