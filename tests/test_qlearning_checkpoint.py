@@ -111,7 +111,7 @@ def test_sync_resume_under_more_ranks_conserves_agents_and_converges(tmp_path):
 def test_async_signal_resume_under_fewer_ranks_conserves_agents(tmp_path):
     ranks, resume_ranks = 3, 2
     algo = f'mode = "async"\n{SMALL_ALGO}'
-    got, held, names, offsets = interrupted_then_resumed(tmp_path, "async", SMALL, algo, ranks, resume_ranks, at=200)
+    got, held, names, offsets = interrupted_then_resumed(tmp_path, "async", SMALL, algo, ranks, resume_ranks, at=30)
     assert held == 200 * ranks  # nothing in flight in the checkpoint: the drain brought every agent home
     a = got["attrs"]
     assert a["agents"] == a["agents_final"] == 200 * ranks
