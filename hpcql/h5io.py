@@ -9,6 +9,7 @@ name, fsynced and renamed by rank 0: readers see the old file or the new one.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,6 +19,30 @@ import numpy as np
 from mpi4py import MPI
 
 PARALLEL_HDF5 = bool(h5py.get_config().mpi)
+DATA_DIGEST = "data_sha256"
+"""Attribute of an unfiltered per-rank dataset written under mpio: the SHA-256 of its bytes."""
+
+
+def data_digest(values: np.ndarray) -> str:
+    """SHA-256 of an array's bytes (C order), as stored in ``DATA_DIGEST``."""
+    return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
+
+
+def damaged_dataset(f: h5py.File) -> str | None:
+    """Read every dataset of ``f``: the first whose ``DATA_DIGEST`` does not match, as a reason, else None.
+
+    Fletcher32 is checked on every chunk read (a mismatch raises ``OSError``).
+    """
+    damaged: list[str] = []
+
+    def read(name: str, obj: object) -> None:
+        if isinstance(obj, h5py.Dataset) and obj.size:
+            values = obj[()]
+            if DATA_DIGEST in obj.attrs and obj.attrs[DATA_DIGEST] != data_digest(values):
+                damaged.append(name)
+
+    f.visititems(read)
+    return f"dataset '{damaged[0]}' damaged (its SHA-256 digest does not match)" if damaged else None
 
 
 def _fsync_path(path: Path) -> None:
@@ -86,7 +111,8 @@ def write_sharded(
     ``checksum`` adds the Fletcher32 filter (chunked datasets) for integrity checks. Under
     parallel HDF5, which writes filtered datasets only collectively, the sharded and replicated
     datasets are written collectively (every rank takes part, with an empty selection where it
-    has nothing) and keep the filter; ``per_rank`` datasets, written by their rank alone, do not.
+    has nothing) and keep the filter; ``per_rank`` datasets, written by their rank alone, cannot
+    and carry a ``DATA_DIGEST`` attribute instead.
     Collective over ``comm``.
     """
     path = Path(path)
@@ -100,7 +126,8 @@ def write_sharded(
     # HDF5 refuses independent writes to filtered datasets: per-rank datasets under mpio go unfiltered.
     own_opts = {} if collective_io else opts
     own = {k: np.ascontiguousarray(v) for k, v in (per_rank or {}).items()}
-    layouts = comm.allgather({k: (v.shape, v.dtype.str) for k, v in own.items()})
+    layouts = comm.allgather({k: (v.shape, v.dtype.str, data_digest(v) if collective_io and checksum else None)
+                              for k, v in own.items()})
 
     def create(f: h5py.File) -> None:
         _set_attrs(f, attrs)
@@ -117,10 +144,12 @@ def write_sharded(
             else:
                 f.create_dataset(k, data=arr, **chunk_opts)
         for r, layout in enumerate(layouts):
-            for k, (shape, dtype) in layout.items():
+            for k, (shape, dtype, digest) in layout.items():
                 chunk_opts = (dict(own_opts, chunks=_chunks(tuple(shape), np.dtype(dtype)))
                               if own_opts and int(np.prod(shape)) > 0 and len(shape) > 0 else {})
-                f.create_dataset(f"per_rank/{r}/{k}", shape=shape, dtype=np.dtype(dtype), **chunk_opts)
+                d = f.create_dataset(f"per_rank/{r}/{k}", shape=shape, dtype=np.dtype(dtype), **chunk_opts)
+                if digest is not None:  # unfiltered under mpio: a digest instead (attributes are collective)
+                    d.attrs[DATA_DIGEST] = digest
 
     def fill(f: h5py.File) -> None:
         for k, a in arrays.items():
