@@ -43,22 +43,12 @@ def _engine(name: str) -> Callable:
 def prepare_out_dir(cfg, comm) -> None:
     """Create out_dir; refuse to replace an existing result unless asked (collective)."""
     from hpcql.comm import collective
+    from hpcql.outdir import make_out_dir
     from hpcql.results import result_path
 
-    def check() -> None:
-        out = Path(cfg.run.out_dir)
-        if out.exists() and not out.is_dir():
-            raise BadInput(f"[run] out_dir: {out} exists and is not a directory")
-        res = result_path(cfg)
-        if res.exists() and not cfg.run.overwrite:
-            raise BadInput(f"[run] out_dir: {res} already exists; pass --overwrite (or --set run.overwrite=true) "
-                           "to replace it, or choose another out_dir")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BadInput(f"[run] out_dir: cannot create {out} ({exc.strerror or exc})") from None
-
-    collective(comm, check)
+    collective(comm, lambda: make_out_dir(
+        Path(cfg.run.out_dir), "[run] out_dir", result_path(cfg), cfg.run.overwrite,
+        "pass --overwrite (or --set run.overwrite=true) to replace it, or choose another out_dir"))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -100,7 +100,8 @@ class QLearningControl:
         ck = self.resumed
         if ck is not None:
             sh = learner.problem.shard
-            collective(self.comm, lambda: ck.require("Q", (sh.num_states, sh.num_actions), finite_rows=(sh.row_start, sh.row_stop)))
+            mine = (sh.row_start, sh.row_stop)
+            collective(self.comm, lambda: ck.require("Q", (sh.num_states, sh.num_actions), finite_rows=mine))
             restore_learner(learner, ck)
 
     def attach(self, evaluator: Evaluator | None, rebalancer: Rebalancer | None) -> None:

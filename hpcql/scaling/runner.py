@@ -154,6 +154,7 @@ def check_arguments(args: argparse.Namespace) -> tuple[Config, list[int], dict[i
     Returns (config, rank counts, the extra ``--set`` overrides per rank count, output directory).
     """
     from hpcql.config import load_config
+    from hpcql.outdir import make_out_dir
     from hpcql.slurm.validate import check_resource
 
     ranks = parse_ranks(args.ranks)
@@ -168,16 +169,8 @@ def check_arguments(args: argparse.Namespace) -> tuple[Config, list[int], dict[i
     for k in ranks:  # weak scaling: the grown problem must be a valid config too
         load_config(args.config, base_sets + extra[k])
     out = Path(args.out) if args.out else Path(cfg.run.out_dir) / f"scaling-{args.mode}"
-    where = "--out" if args.out else "[run] out_dir"
-    if out.exists() and not out.is_dir():
-        raise BadInput(f"{where}: {out} exists and is not a directory")
-    if (out / "scaling.csv").exists() and not args.overwrite:
-        raise BadInput(f"{where}: {out / 'scaling.csv'} already exists (an earlier study); pass --overwrite to "
-                       "replace it, or choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BadInput(f"{where}: cannot create {out} ({exc.strerror or exc})") from None
+    make_out_dir(out, "--out" if args.out else "[run] out_dir", out / "scaling.csv", args.overwrite,
+                 "an earlier study: pass --overwrite to replace it, or choose another --out")
     return cfg, ranks, extra, out
 
 
