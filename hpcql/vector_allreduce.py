@@ -242,9 +242,14 @@ class MPIAllreduce:
     def ready(self, seq: int) -> bool:
         return bool(self.pending[seq][0].Test())
 
-    def collect(self, seq: int, out: np.ndarray, divisor: float = 1.0) -> None:
+    def collect(self, seq: int, out: np.ndarray, divisor: float = 1.0,
+                between: Callable[[], None] | None = None) -> None:
+        """Complete reduction ``seq`` into ``out`` / ``divisor``; ``between`` as in ``NodeAllreduce.collect``."""
         req, buf = self.pending.pop(seq)
-        req.Wait()
+        if between is None:
+            req.Wait()
+        else:
+            wait_yielding(req, between)
         np.copyto(out, buf)
         divide(out, divisor)
         self.pool.append(buf)

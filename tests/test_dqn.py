@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import h5py
@@ -11,10 +12,13 @@ import torch
 
 from conftest import REPO, hpcql, set_args, write_toml
 from hpcql.config import parse_config
+from hpcql.dqn.exchange import OverlapAllreduce
 from hpcql.dqn.nstep import NStepAccumulator, linear_epsilon
 from hpcql.dqn.param_server import GradientGroup
 from hpcql.dqn.replay import ReplayShard
 from hpcql.dqn.trainer import ReplicaTrainer
+from hpcql.timing import PhaseTimer
+from hpcql.vector_allreduce import MPIAllreduce
 
 BASE = """
 [run]
@@ -418,3 +422,46 @@ ACROBOT_CASES = [pytest.param(ranks, mode, scheme, marks=[] if (ranks, mode) == 
 def test_acrobot_solves(tmp_path: Path, ranks: int, mode: str, scheme: str) -> None:
     """Default run: 1 rank sync only; the other ranks and modes are ``slow``."""
     _solves(tmp_path, ranks, mode, scheme, ACROBOT, 80_000, -100.0)
+
+
+def test_overlap_works_while_a_due_reduction_is_not_complete() -> None:
+    """A due reduction that is not complete yet: ``ready`` runs the side work between its
+    tests (until the work says it is done), books that time as compute, not wait, and still
+    yields the right average, one update late."""
+    class PendingRequest:  # completes at its 6th test; each test takes 2 ms
+        tests = 0
+
+        def Test(self) -> bool:  # noqa: N802 (mpi4py's name)
+            time.sleep(0.002)
+            self.tests += 1
+            return self.tests >= 6
+
+        def Wait(self) -> None:  # noqa: N802
+            raise AssertionError("a wait with side work must test, not block")
+
+    class FakeComm:
+        size, rank = 2, 0
+
+        def Iallreduce(self, _send, buf, op=None):  # noqa: N802
+            buf *= 2  # the other replica posted the same gradient
+            return PendingRequest()
+
+    timer = PhaseTimer()
+    comm = FakeComm()
+    ov = OverlapAllreduce(comm, timer, MPIAllreduce(comm, 3, lag=1), 3, max_staleness=1)  # type: ignore[arg-type]
+    done: list[int] = []
+
+    def work() -> bool:
+        time.sleep(0.01)
+        done.append(1)
+        return len(done) < 3
+
+    ov.start(np.array([1.0, 2.0, 3.0], dtype=np.float32), applied=0)
+    assert list(ov.ready(1, meanwhile=work)) == []  # not due yet (one update of staleness allowed)
+    ov.start(np.array([5.0, 5.0, 5.0], dtype=np.float32), applied=1)
+    out = [g.copy() for g in ov.ready(2, meanwhile=work)]
+    assert len(out) == 1 and out[0].tolist() == [1.0, 2.0, 3.0]
+    assert ov.staleness == [2] and ov.blocked == 1
+    assert len(done) == 3  # the work ran until it returned False, not once per test
+    assert timer.seconds["compute"] >= 0.03
+    assert timer.seconds["wait"] < 0.03  # five 2 ms tests and the copy, without the 30 ms of work

@@ -22,6 +22,30 @@ from hpcql.vector_allreduce import MPIAllreduce, NodeAllreduce, divide
 Reducer = NodeAllreduce | MPIAllreduce
 
 
+class SideWork:
+    """Work a rank does while it waits for a reduction, one piece per test, until it returns False.
+
+    ``between`` is what a reducer's wait runs between its tests (None when there is no work);
+    ``busy`` the seconds spent in it, which ``book`` adds to ``compute`` (they are not waiting).
+    """
+
+    def __init__(self, work: Callable[[], bool] | None) -> None:
+        self.work, self.busy = work, 0.0
+        self.between = self._step if work is not None else None
+
+    def _step(self) -> None:
+        if self.work is None:
+            return
+        t = time.perf_counter()
+        if not self.work():
+            self.work = None
+        self.busy += time.perf_counter() - t
+
+    def book(self, timer: PhaseTimer) -> None:
+        if self.busy:
+            timer.add("compute", self.busy)
+
+
 class SyncAllreduce:
     """Average a flat gradient with one blocking allreduce (timed as ``exchange``).
 
@@ -47,22 +71,12 @@ class SyncAllreduce:
     def average(self, flat: np.ndarray, meanwhile: Callable[[], bool] | None = None) -> np.ndarray:
         if self.comm.size == 1:
             return flat
-        busy = 0.0
-
-        def between() -> None:
-            nonlocal busy, meanwhile
-            if meanwhile is not None:
-                t = time.perf_counter()
-                if not meanwhile():
-                    meanwhile = None
-                busy += time.perf_counter() - t
-
+        side = SideWork(meanwhile)
         t0 = time.perf_counter()
-        self.reducer.allreduce(flat, divisor=self.comm.size, between=between if meanwhile is not None else None)
-        dt = time.perf_counter() - t0 - busy
+        self.reducer.allreduce(flat, divisor=self.comm.size, between=side.between)
+        dt = time.perf_counter() - t0 - side.busy
         self.timer.add("exchange", dt)
-        if busy:
-            self.timer.add("compute", busy)
+        side.book(self.timer)
         self.calls.append(dt)
         return flat
 
@@ -107,19 +121,27 @@ class OverlapAllreduce:
         """Let the pending reductions progress (cheap)."""
         self.reducer.progress()
 
-    def ready(self, applied: int, flush: bool = False) -> Iterator[np.ndarray]:
-        """Yield the averaged gradients due now (all of them when ``flush``); oldest first."""
+    def ready(self, applied: int, flush: bool = False,
+              meanwhile: Callable[[], bool] | None = None) -> Iterator[np.ndarray]:
+        """Yield the averaged gradients due now (all of them when ``flush``); oldest first.
+
+        ``meanwhile``: work done while a due reduction is not complete yet, as in
+        ``SyncAllreduce.average`` (counted as ``compute``, not ``wait``).
+        """
         while self.pending and (flush or len(self.pending) > self.max_staleness):
             seq, at, done = self.pending.popleft()
+            side = SideWork(meanwhile)
             t0 = time.perf_counter()
             if done is None:
                 if not self.reducer.ready(seq):  # type: ignore[arg-type]
                     self.blocked += 1
-                self.reducer.collect(seq, self.out, divisor=self.comm.size)  # type: ignore[arg-type]
+                self.reducer.collect(seq, self.out, divisor=self.comm.size,  # type: ignore[arg-type]
+                                     between=side.between)
                 done = self.out
             else:  # a sum restored from a checkpoint (or the gradient itself at 1 rank)
                 divide(done, self.comm.size)
-            self.timer.add("wait", time.perf_counter() - t0)
+            self.timer.add("wait", time.perf_counter() - t0 - side.busy)
+            side.book(self.timer)
             self.staleness.append(applied - at)
             yield done
             applied += 1

@@ -101,19 +101,21 @@ class DQNLoop:
         """One gradient update, the way the mode says.
 
         ``updates_after``: updates that follow this one before the next acting (the rest of the
-        training round); sync mode draws their minibatches while it waits for an allreduce.
+        training round); sync and overlap draw their minibatches while a reduction they need is
+        not complete.
         """
         self.faults.tick(self.trainer.updates)
+        # the rest of the round's minibatches, drawn while a reduction is not complete
+        ahead = functools.partial(self.trainer.prepare_batch, updates_after) if updates_after else None
         if self.scheme == "sync":
             with self.timer.phase("compute"):
                 grad = self.trainer.compute_grads()
-            ahead = functools.partial(self.trainer.prepare_batch, updates_after) if updates_after else None
             self._apply(self.exchange.average(grad, ahead))
         elif self.scheme == "overlap":
             with self.timer.phase("compute"):  # MPI advances the pending reductions midway (poll)
                 grad = self.trainer.compute_grads(self.exchange.poll)
             self.exchange.start(grad, self.trainer.updates)
-            for avg in self.exchange.ready(self.trainer.updates):
+            for avg in self.exchange.ready(self.trainer.updates, meanwhile=ahead):
                 self._apply(avg)
         else:
             with self.timer.phase("compute"):
