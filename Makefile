@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.hpcql-installed
 RANKS  ?= 2
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv demo test test-all clean
+.PHONY: venv demo test test-all test-mpio clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,10 @@ test: venv
 
 test-all: venv
 	$(PY) -m pytest -q
+
+# the checkpoint tests on parallel HDF5 (a second environment, .venv-mpio, built against Debian's MPICH)
+test-mpio:
+	bash scripts/test-parallel-hdf5.sh
 
 clean:
 	rm -rf runs .pytest_cache

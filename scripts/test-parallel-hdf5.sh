@@ -33,8 +33,8 @@ setup() {
             || unavailable "apt-get install ${pkgs[*]} failed"
     fi
     local hdf5_dir
-    hdf5_dir=$(dirname "$(dirname "$(find /usr/lib -path '*hdf5/mpich/lib/libhdf5.so' -print -quit)")")
-    [ -n "$hdf5_dir" ] && [ -d "$hdf5_dir/include" ] || unavailable "HDF5 (MPICH build) not found under /usr/lib"
+    hdf5_dir=$(dirname "$(find /usr/lib -path '*hdf5/mpich/libhdf5.so' -print -quit)")
+    [ "$hdf5_dir" != . ] && [ -d "$hdf5_dir/include" ] || unavailable "HDF5 (MPICH build) not found under /usr/lib"
     rm -rf "$VENV"
     python3 -m venv "$VENV" || unavailable "python3 -m venv failed"
     log "building mpi4py and h5py against $(/usr/bin/mpicc -show | cut -d' ' -f1) and $hdf5_dir (a few minutes)"
