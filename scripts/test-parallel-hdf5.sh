@@ -5,7 +5,8 @@
 # Builds (once) a second environment, .venv-mpio, against Debian's MPICH and its MPI build of HDF5
 # (apt packages mpich, libmpich-dev, libhdf5-mpich-dev, installed when missing), with mpi4py and
 # h5py (HDF5_MPI=ON) compiled from source, then runs the tests that write and read checkpoints
-# and result files under /usr/bin/mpiexec (that MPICH's launcher).
+# and result files under that MPICH's launcher (mpicc.mpich / mpiexec.mpich by name, so an Open MPI
+# that owns the plain mpicc / mpiexec alternatives does not get mixed in).
 #
 #   bash scripts/test-parallel-hdf5.sh          # set up if needed, then test
 #   VENV_MPIO=/path bash scripts/test-parallel-hdf5.sh
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV_MPIO:-.venv-mpio}
 PY=$VENV/bin/python
 STAMP=$VENV/.hpcql-mpio-installed
+MPICC=/usr/bin/mpicc.mpich
 TESTS=(tests/test_checkpoint.py tests/test_qlearning_checkpoint.py tests/test_dqn_checkpoint.py
        tests/test_tabular_sync.py tests/test_bad_input.py)
 
@@ -37,20 +39,21 @@ setup() {
     [ "$hdf5_dir" != . ] && [ -d "$hdf5_dir/include" ] || unavailable "HDF5 (MPICH build) not found under /usr/lib"
     rm -rf "$VENV"
     python3 -m venv "$VENV" || unavailable "python3 -m venv failed"
-    log "building mpi4py and h5py against $(/usr/bin/mpicc -show | cut -d' ' -f1) and $hdf5_dir (a few minutes)"
+    log "building mpi4py and h5py against $MPICC and $hdf5_dir (a few minutes)"
     {
         "$PY" -m pip install -q --upgrade pip setuptools wheel &&
         "$PY" -m pip install -q "numpy>=1.26" "cython>=3" pkgconfig &&
-        MPICC=/usr/bin/mpicc "$PY" -m pip install -q --no-binary=mpi4py --no-cache-dir "mpi4py>=4.0" &&
-        CC=/usr/bin/mpicc HDF5_MPI=ON HDF5_DIR="$hdf5_dir" "$PY" -m pip install -q --no-binary=h5py \
+        MPICC=$MPICC "$PY" -m pip install -q --no-binary=mpi4py --no-cache-dir "mpi4py>=4.0" &&
+        CC=$MPICC HDF5_MPI=ON HDF5_DIR="$hdf5_dir" "$PY" -m pip install -q --no-binary=h5py \
             --no-build-isolation --no-cache-dir "h5py>=3.10" &&
         "$PY" -m pip install -q -e '.[test]'
     } || unavailable "building the environment failed (pip output above)"
+    ln -sf /usr/bin/mpiexec.mpich "$VENV/bin/mpiexec"  # the launcher tests/conftest.py picks (next to python)
     touch "$STAMP"
 }
 
 [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] || setup
-# the launcher of the MPICH that mpi4py was built against, not the wheel's in .venv
+# hpcql's own mpiexec calls (scale, slurm fallbacks) find the same launcher first
 export PATH="$(cd "$VENV/bin" && pwd):/usr/bin:/bin"
 "$PY" - <<'EOF' || unavailable "this environment's h5py or mpi4py is not the parallel build"
 import h5py
