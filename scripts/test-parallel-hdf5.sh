@@ -65,6 +65,7 @@ assert h5py.get_config().mpi, "h5py is serial"
 assert MPI.Get_library_version().startswith("MPICH"), MPI.Get_library_version()
 from hpcql import h5io
 assert h5io.PARALLEL_HDF5
+print("test-parallel-hdf5: h5py", h5py.__version__, "HDF5", h5py.version.hdf5_version, "parallel;",
+      MPI.Get_library_version().splitlines()[0])
 EOF
-log "$("$PY" -c 'import h5py; from mpi4py import MPI; print("h5py", h5py.__version__, "HDF5", h5py.version.hdf5_version, "parallel;", MPI.Get_library_version().splitlines()[0])')"
 exec "$PY" -m pytest -q -m "not slow" "${TESTS[@]}" "$@"

@@ -427,7 +427,7 @@ def test_acrobot_solves(tmp_path: Path, ranks: int, mode: str, scheme: str) -> N
 def test_overlap_works_while_a_due_reduction_is_not_complete() -> None:
     """A due reduction that is not complete yet: ``ready`` runs the side work between its
     tests (until the work says it is done), books that time as compute, not wait, and still
-    yields the right average, one update late."""
+    yields the right average: the oldest pending one, once a second is posted."""
     class PendingRequest:  # completes at its 6th test; each test takes 2 ms
         tests = 0
 
