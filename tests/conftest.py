@@ -39,3 +39,15 @@ def set_args(overrides: dict[str, object]) -> list[str]:
 def write_toml(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def poison_dataset(path: Path, name: str, index: tuple[int, ...]) -> None:
+    """Put a NaN at ``index`` of dataset ``name`` in checkpoint ``path``, rewritten without its digest, so
+    the file still verifies (as a run that diverged before saving would)."""
+    import h5py
+    import numpy as np
+    with h5py.File(path, "r+") as f:
+        values = f[name][()]
+        values[index] = np.nan
+        del f[name]
+        f.create_dataset(name, data=values)

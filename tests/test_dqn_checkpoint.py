@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import hpcql, write_toml
+from conftest import hpcql, poison_dataset, write_toml
 from hpcql.errors import EXIT_CHECKPOINTED
 
 JOB = """
@@ -164,3 +164,17 @@ def test_resume_with_an_incompatible_layout_is_bad_input(tmp_path: Path, overrid
     assert expected in lines[0]
     assert {p.name: p.read_bytes() for p in sorted((tmp_path / "net" / "checkpoints").glob("ckpt-*.h5"))} == before
     assert not (tmp_path / "net" / "result.h5").exists()
+
+
+def test_resume_of_a_diverged_network_is_bad_input(tmp_path: Path) -> None:
+    """A checkpoint that verifies but whose network holds a NaN: exit 2, one line naming the file,
+    checkpoints kept, no result written."""
+    cfg = interrupt(tmp_path, "nan", 1)
+    newest = sorted((tmp_path / "nan" / "checkpoints").glob("ckpt-*.h5"))[-1]
+    poison_dataset(newest, "replicated/target", (7,))
+    before = newest.read_bytes()
+    res = hpcql(["run", str(cfg), "--set", "debug.signal_rank=-1"], ranks=1, timeout=240)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stdout + res.stderr
+    assert f"{newest}: checkpoint network (target) holds non-finite parameters" in lines[0]
+    assert newest.read_bytes() == before and not (tmp_path / "nan" / "result.h5").exists()

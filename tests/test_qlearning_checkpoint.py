@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from conftest import hpcql, write_toml
+from conftest import hpcql, poison_dataset, write_toml
 from hpcql.config import GridworldEnv
 from hpcql.errors import EXIT_CHECKPOINTED
 from hpcql.mdp.gridworld import gridworld_shard
@@ -140,11 +140,7 @@ def test_checkpoint_with_non_finite_q_is_bad_input(tmp_path):
     cfg = config(tmp_path, "nanq", SMALL, f'mode = "sync"\n{SMALL_ALGO}', "[debug]\nsignal_rank = 1\nsignal_at_iteration = 5")
     assert hpcql(["run", cfg], ranks=2, timeout=120).returncode == EXIT_CHECKPOINTED
     newest = sorted((tmp_path / "nanq" / "checkpoints").glob("ckpt-*.h5"))[-1]
-    with h5py.File(newest, "r+") as f:
-        q = f["Q"][()]
-        q[3, 1] = np.nan
-        del f["Q"]
-        f.create_dataset("Q", data=q)
+    poison_dataset(newest, "Q", (3, 1))
     before = newest.read_bytes()
     res = hpcql(["run", cfg, "--set", "debug.signal_rank=-1"], ranks=2, timeout=120)
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]

@@ -205,8 +205,10 @@ def _replay_of(ck: Checkpoint, rank: int, own: dict[str, Any]) -> dict[str, Any]
 STATE_KEYS = ("buffer_size", "n_step")
 
 
-def check_layout(ck: Checkpoint, q: np.ndarray, optimizer: dict[str, Any], size: int, loop: Any) -> None:
-    """The checkpoint's network, optimizer and state layout fit this run (same on every rank, so agreed)."""
+def check_layout(ck: Checkpoint, q: np.ndarray, target: np.ndarray, optimizer: dict[str, Any], size: int,
+                 loop: Any) -> None:
+    """The checkpoint's network (finite), optimizer and state layout fit this run (same on every rank, so
+    agreed)."""
     theirs, ours = ck.config.get("algo", {}), loop.algo
     changed = [f"algo.{k} {theirs.get(k)} -> {getattr(ours, k)}"
                for k in STATE_KEYS if theirs.get(k) != getattr(ours, k)]
@@ -218,6 +220,10 @@ def check_layout(ck: Checkpoint, q: np.ndarray, optimizer: dict[str, Any], size:
     if q.size != size:
         raise BadInput(f"{ck.path}: checkpoint network has {q.size:,} parameters, this run's has {size:,} "
                        "(algo.hidden differs?); run with --fresh to start over", agreed=True)
+    bad = [name for name, arr in (("q", q), ("target", target)) if not np.isfinite(arr).all()]
+    if bad:
+        raise BadInput(f"{ck.path}: checkpoint network ({' and '.join(bad)}) holds non-finite parameters (the run "
+                       "had diverged); it cannot be resumed: run with --fresh to start over", agreed=True)
     if len(optimizer["param_groups"][0]["params"]) != 1:
         raise BadInput(f"{ck.path}: checkpoint holds a per-tensor optimizer state from an older hpcql; "
                        "run with --fresh to start over", agreed=True)
@@ -229,9 +235,10 @@ def load_state(loop: Any, ck: Checkpoint, console: Console) -> None:
     rank, size = comm.rank, comm.size
     # ---- replicated: network, target, optimizer, curve
     q, optimizer = np.asarray(ck.replicated("q"), dtype=np.float32), unpack(ck.replicated("optimizer"))
-    check_layout(ck, q, optimizer, t.flat.size, loop)
+    target = ck.replicated("target")
+    check_layout(ck, q, target, optimizer, t.flat.size, loop)
     t.flat.scatter_params(q)
-    t.set_target(ck.replicated("target"))
+    t.set_target(target)
     t.load_optimizer_state(optimizer)
     ls = unpack(ck.replicated("loop"))
     loop.curve = [dict(p) for p in ls["curve"]]
