@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from hpcql.comm import displacements
+from hpcql.comm import displacements, wait_yielding
 from hpcql.partition import owner_of
 
 
@@ -107,10 +107,10 @@ class HaloExchange:
             return  # nothing to exchange, and the collective call itself costs milliseconds
         np.take(values_ext, self.send_flat, out=self._send_buf)
         ghosts = values_ext[self.n_local:]
-        self.graph.Neighbor_alltoallv(
+        wait_yielding(self.graph.Ineighbor_alltoallv(  # not the blocking call: it spins (see allreduce_yielding)
             [self._send_buf, self.send_counts, self.send_displs, MPI.DOUBLE],
             [ghosts, self.recv_counts, self.recv_displs, MPI.DOUBLE],
-        )
+        ))
 
     def free(self) -> None:
         """Release the graph communicator."""

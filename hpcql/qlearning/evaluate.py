@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
+from hpcql.comm import allreduce_yielding
 from hpcql.redistribute import RowMover
 from hpcql.tabular.problem import ShardedProblem
 from hpcql.timing import PhaseTimer
@@ -57,7 +58,7 @@ class Evaluator:
                 local[0] = sweep(v_ext, self.v_new)
                 v_ext[:n] = self.v_new
             with self.timer.phase("reduce"):
-                p.comm.Allreduce(local, glob, op=MPI.MAX)
+                allreduce_yielding(p.comm, local, glob, op=MPI.MAX)
             if glob[0] < threshold:
                 break
         return v_ext[:n].copy()

@@ -9,8 +9,8 @@ of the counters gives every rank the same budget / evaluation decisions.
 from __future__ import annotations
 
 import numpy as np
-from mpi4py import MPI
 
+from hpcql.comm import allreduce_yielding
 from hpcql.faults import FaultInjector
 from hpcql.qlearning.agents import exchange_agents
 from hpcql.qlearning.control import NUM_FLAGS, QLearningControl
@@ -54,7 +54,7 @@ def run_sync(learner: Learner, monitor: Monitor, evaluator: Evaluator | None, ti
         with timer.phase("reduce"):
             local[:n_tot] = monitor.local_totals(learner.counters(), len(learner.agents))
             local[n_tot:] = control.flags() if control is not None else 0.0
-            comm.Allreduce(local, glob, op=MPI.SUM)
+            allreduce_yielding(comm, local, glob)
         monitor.check_agents(totals, learner.total_agents)
         progress = monitor.progress(totals)
         stop = monitor.should_stop(totals)

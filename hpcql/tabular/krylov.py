@@ -14,6 +14,8 @@ from typing import Callable
 import numpy as np
 from mpi4py import MPI
 
+from hpcql.comm import allreduce_yielding
+
 MatVec = Callable[[np.ndarray, np.ndarray], None]  # matvec(x_local, y_local_out)
 
 
@@ -25,16 +27,18 @@ class KrylovResult:
     converged: bool
 
 
+def _sum(comm: MPI.Comm, local: float) -> float:
+    """Global sum of one local float (collective)."""
+    return float(allreduce_yielding(comm, np.array([local]))[0])
+
+
 def _dots(comm: MPI.Comm, basis: np.ndarray, w: np.ndarray) -> np.ndarray:
-    local = basis @ w
-    out = np.empty_like(local)
-    comm.Allreduce(local, out, op=MPI.SUM)
-    return out
+    return allreduce_yielding(comm, basis @ w)
 
 
 def norm2(comm: MPI.Comm, x: np.ndarray) -> float:
     """Global 2-norm of a sharded vector."""
-    return float(np.sqrt(comm.allreduce(float(x @ x), op=MPI.SUM)))
+    return float(np.sqrt(_sum(comm, x @ x)))
 
 
 def gmres(comm: MPI.Comm, matvec: MatVec, b: np.ndarray, x0: np.ndarray, atol: float,
@@ -95,13 +99,13 @@ def bicgstab(comm: MPI.Comm, matvec: MatVec, b: np.ndarray, x0: np.ndarray, atol
     res = norm2(comm, r)
     it = 0
     while res > atol and it < max_iter:
-        rho = comm.allreduce(float(r_hat @ r), op=MPI.SUM)
+        rho = _sum(comm, float(r_hat @ r))
         if rho == 0.0:
             break
         beta = (rho / rho_old) * (alpha / omega) if it else 0.0
         p = r + beta * (p - omega * v)
         matvec(p, v)
-        alpha = rho / comm.allreduce(float(r_hat @ v), op=MPI.SUM)
+        alpha = rho / _sum(comm, float(r_hat @ v))
         s = r - alpha * v
         if norm2(comm, s) <= atol:
             x += alpha * p
@@ -110,7 +114,7 @@ def bicgstab(comm: MPI.Comm, matvec: MatVec, b: np.ndarray, x0: np.ndarray, atol
             res = norm2(comm, r)
             break
         matvec(s, t)
-        tt, ts = comm.allreduce(np.array([t @ t, t @ s]), op=MPI.SUM)
+        tt, ts = allreduce_yielding(comm, np.array([t @ t, t @ s]))
         omega = ts / tt if tt > 0 else 0.0
         x += alpha * p + omega * s
         r = s - omega * t

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
+from hpcql.comm import allreduce_yielding
 from hpcql.config import PolicyIterationAlgo
 from hpcql.console import ProgressTracker
 from hpcql.faults import FaultInjector
@@ -99,7 +100,7 @@ def policy_iteration(
             local[0] = problem.sweep(v_ext, v_ext, policy, outer % 2 == 1)
         local[1:] = control.flags(outer + 1)
         with timer.phase("reduce"):
-            comm.Allreduce(local, glob, op=MPI.MAX)
+            allreduce_yielding(comm, local, glob, op=MPI.MAX)
         residual = float(glob[0])
         outer += 1
         if residual < threshold:

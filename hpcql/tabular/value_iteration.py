@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
+from hpcql.comm import allreduce_yielding
 from hpcql.console import ProgressTracker
 from hpcql.faults import FaultInjector
 from hpcql.tabular.control import RunControl
@@ -57,7 +58,7 @@ def value_iteration_sync(
         it += 1
         local[2:] = control.flags(it)
         with timer.phase("reduce"):
-            comm.Allreduce(local, glob, op=MPI.MAX)
+            allreduce_yielding(comm, local, glob, op=MPI.MAX)
         lo, hi = -float(glob[0]), float(glob[1])
         residual = hi - lo if span else max(hi, -lo)
         tracker.update(it, residual)
