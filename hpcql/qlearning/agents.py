@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from hpcql.comm import displacements
+from hpcql.comm import displacements, wait_yielding
 from hpcql.partition import owner_of
 
 RECORD = 4  # id, state, ctr (uint64 bits), episode step
@@ -81,9 +81,9 @@ def split_migrants(agents: Agents, moved: np.ndarray, offsets: np.ndarray) -> tu
 def exchange_agents(comm: MPI.Comm, records: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Send each rank its migrant records (sorted by destination); arrivals in source-rank order (collective)."""
     recv_counts = np.zeros(comm.size, dtype=np.int64)
-    comm.Alltoall(counts, recv_counts)
+    wait_yielding(comm.Ialltoall(counts, recv_counts))  # every round: a blocking one would spin (allreduce_yielding)
     recv = np.empty((int(recv_counts.sum()), RECORD), dtype=np.int64)
     send = np.ascontiguousarray(records, dtype=np.int64)
-    comm.Alltoallv([send, counts * RECORD, displacements(counts) * RECORD, MPI.INT64_T],
-                   [recv, recv_counts * RECORD, displacements(recv_counts) * RECORD, MPI.INT64_T])
+    wait_yielding(comm.Ialltoallv([send, counts * RECORD, displacements(counts) * RECORD, MPI.INT64_T],
+                                  [recv, recv_counts * RECORD, displacements(recv_counts) * RECORD, MPI.INT64_T]))
     return recv
