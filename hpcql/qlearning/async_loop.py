@@ -15,6 +15,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from hpcql.comm import allreduce_yielding
 from hpcql.faults import FaultInjector
 from hpcql.halo import HaloExchange
 from hpcql.qlearning.agents import RECORD
@@ -90,7 +91,7 @@ class AsyncChannels:
             learner.receive(self.recv_agents())
             self.recv_ghosts(learner.vmax_ext)
             local[:] = (learner.counters()[3], learner.received, self.ghost_sent, self.ghost_recv)
-            self.comm.Allreduce(local, glob, op=MPI.SUM)
+            allreduce_yielding(self.comm, local, glob)
             if glob[0] == glob[1] and glob[2] == glob[3]:
                 break
         MPI.Request.Waitall([r for r, _ in self.pending] + list(self.ghost_req.values()))
