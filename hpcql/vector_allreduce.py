@@ -16,7 +16,8 @@ with ``Iallreduce`` and the leader raises a flag for the rest of its node.
 
 Posting and collecting are separate (``post`` / ``collect``), so an update can start a
 reduction and use its result updates later: posting never waits, and with one node nothing
-needs MPI progress in between. A ring of ``depth`` slots per rank keeps posts from
+needs MPI progress in between. ``next_slot`` is the array the next ``post`` sends: a vector
+computed straight into it is posted without a copy (the DQN gradient is). A ring of ``depth`` slots per rank keeps posts from
 overwriting data another rank may still read: a rank that has collected reduction ``s``
 knows every rank posted ``s``, hence finished collecting ``s - lag - 1`` (``lag`` = how many
 reductions may be in flight); ``depth = 2 * (lag + 1)`` covers both.
@@ -136,11 +137,22 @@ class NodeAllreduce:
         self.started = 0  # leader, several nodes: reductions handed to the other leaders
         self.inter: deque[tuple[int, MPI.Request]] = deque()
 
+    def next_slot(self) -> np.ndarray:
+        """The array the next ``post`` sends: write the vector here and ``post`` it without a copy.
+
+        Safe to write whenever ``post`` would be (at most ``lag`` reductions posted and not yet
+        collected): the ring's ``depth`` guarantees every other rank is done reading it then.
+        Never ``collect`` into it: other ranks read it until they have collected it too."""
+        return self.own[(self.posted + 1) % self.depth]
+
     def post(self, vec: np.ndarray) -> int:
-        """Offer this rank's ``vec`` (copied) for the next reduction; returns its sequence number."""
+        """Offer this rank's ``vec`` (copied unless it is ``next_slot()``) for the next reduction;
+        returns its sequence number."""
         self.posted += 1
         seq = self.posted
-        self.own[seq % self.depth][...] = vec
+        slot = self.own[seq % self.depth]
+        if vec is not slot:
+            slot[...] = vec
         self.win.Sync()
         self.flags[self.node.rank][POSTED] = seq
         self.progress()
@@ -201,11 +213,13 @@ class NodeAllreduce:
         else:
             sum_rows(self.sums[seq % self.depth], 0, self.size, out, divisor)
 
-    def allreduce(self, vec: np.ndarray, divisor: float = 1.0,
-                  between: Callable[[], None] | None = None) -> np.ndarray:
-        """Blocking: ``vec`` = the sum of every rank's ``vec`` / ``divisor``; ``between`` as in ``collect``."""
-        self.collect(self.post(vec), vec, divisor, between)
-        return vec
+    def allreduce(self, vec: np.ndarray, divisor: float = 1.0, between: Callable[[], None] | None = None,
+                  out: np.ndarray | None = None) -> np.ndarray:
+        """Blocking: ``out`` (default ``vec``; not ``next_slot()``) = the sum of every rank's ``vec`` /
+        ``divisor``, returned; ``between`` as in ``collect``."""
+        out = vec if out is None else out
+        self.collect(self.post(vec), out, divisor, between)
+        return out
 
     def close(self) -> None:
         """Free the window and the communicators (collective; every posted reduction collected)."""
@@ -228,10 +242,15 @@ class MPIAllreduce:
         self.pending: dict[int, tuple[MPI.Request, np.ndarray]] = {}
         self.posted = 0
 
+    def next_slot(self) -> np.ndarray:
+        """The buffer the next ``post`` sends (``NodeAllreduce.next_slot``)."""
+        return self.pool[-1]
+
     def post(self, vec: np.ndarray) -> int:
         self.posted += 1
         buf = self.pool.pop()
-        buf[...] = vec
+        if vec is not buf:
+            buf[...] = vec
         self.pending[self.posted] = (self.comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM), buf)
         return self.posted
 
@@ -254,15 +273,18 @@ class MPIAllreduce:
         divide(out, divisor)
         self.pool.append(buf)
 
-    def allreduce(self, vec: np.ndarray, divisor: float = 1.0,
-                  between: Callable[[], None] | None = None) -> np.ndarray:
-        """``Allreduce``; with ``between``: ``Iallreduce``, running ``between`` while it is not complete."""
+    def allreduce(self, vec: np.ndarray, divisor: float = 1.0, between: Callable[[], None] | None = None,
+                  out: np.ndarray | None = None) -> np.ndarray:
+        """``Allreduce`` into ``out`` (default: in place); with ``between``: ``Iallreduce``, running
+        ``between`` while it is not complete."""
+        send = MPI.IN_PLACE if out is None or out is vec else vec
+        out = vec if out is None else out
         if between is None:
-            self.comm.Allreduce(MPI.IN_PLACE, vec, op=MPI.SUM)
+            self.comm.Allreduce(send, out, op=MPI.SUM)
         else:
-            wait_yielding(self.comm.Iallreduce(MPI.IN_PLACE, vec, op=MPI.SUM), between)
-        divide(vec, divisor)
-        return vec
+            wait_yielding(self.comm.Iallreduce(send, out, op=MPI.SUM), between)
+        divide(out, divisor)
+        return out
 
     def close(self) -> None:
         for req, _ in self.pending.values():

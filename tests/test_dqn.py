@@ -229,6 +229,32 @@ def test_numpy_engine_matches_torch_autograd_and_adam(extra: dict) -> None:
     np.testing.assert_allclose(fast.np_net.forward(fast.np_online, obs), q, rtol=1e-5, atol=1e-6)
 
 
+def test_adam_pass_gives_the_bits_of_the_numpy_vector_steps() -> None:
+    """The numba Adam pass rounds like the same steps written as float32 numpy vector operations
+    (zeros, huge and tiny gradients included, over 25 steps): bit for bit, not approximately."""
+    from hpcql.dqn.numpy_adam import adam_pass
+
+    rng = np.random.default_rng(3)
+    n = 10_001
+    fast = [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
+    fast[2] = np.abs(fast[2])  # v >= 0
+    ref = [a.copy() for a in fast]
+    f = np.float32
+    for t in range(1, 26):
+        g = (rng.standard_normal(n) * 10.0 ** rng.integers(-30, 5, size=n)).astype(np.float32)
+        g[::11] = 0.0
+        c1, c2, b2, cbc2, eps, clr = (f(0.1), f(0.001), f(0.999), f(1 / np.sqrt(1 - 0.999 ** t)), f(1e-8),
+                                      f(2.3e-3 / (1 - 0.9 ** t)))
+        adam_pass(fast[0], g, fast[1], fast[2], c1, c2, b2, cbc2, eps, clr)
+        p, m, v = ref
+        m += (g - m) * c1
+        v *= b2
+        v += (g * g) * c2
+        p -= (m / (np.sqrt(v) * cbc2 + eps)) * clr
+        for name, a, b in zip("pmv", fast, ref):
+            assert a.tobytes() == b.tobytes(), f"{name} differs at step {t}"
+
+
 @pytest.mark.parametrize("engine", ["numpy", "torch"])
 def test_minibatch_prepared_while_waiting_gives_the_same_updates(engine: str) -> None:
     """Sync mode draws the next minibatch (and the target's values) during the allreduce wait:
@@ -448,7 +474,8 @@ def test_overlap_works_while_a_due_reduction_is_not_complete() -> None:
 
     timer = PhaseTimer()
     comm = FakeComm()
-    ov = OverlapAllreduce(comm, timer, MPIAllreduce(comm, 3, lag=1), 3, max_staleness=1)  # type: ignore[arg-type]
+    ov = OverlapAllreduce(comm, timer, MPIAllreduce(comm, 3, lag=1), np.zeros(3, np.float32),
+                          max_staleness=1)  # type: ignore[arg-type]
     done: list[int] = []
 
     def work() -> bool:

@@ -47,9 +47,11 @@ class SideWork:
 
 
 class SyncAllreduce:
-    """Average a flat gradient with one blocking allreduce (timed as ``exchange``).
+    """Average a flat gradient with one blocking allreduce (timed as ``exchange``) into ``out``.
 
-    ``reducer``: a ``vector_allreduce`` (node shared memory, or MPI). Every call's duration
+    ``reducer``: a ``vector_allreduce`` (node shared memory, or MPI). ``grad_buffer``: where to
+    compute the gradient so that the reducer sends it without a copy (None: anywhere).
+    ``out``: where the average lands (the trainer's gradient array). Every call's duration
     is kept (8 bytes per update): a rank's time in a blocking allreduce is the transfer
     itself plus waiting for the last replica to arrive, and the last one to arrive waits
     for nobody. ``transfer_seconds`` sums, over the calls, the shortest time any rank spent
@@ -63,22 +65,28 @@ class SyncAllreduce:
     must pass ``meanwhile`` or not alike: with MPI it picks ``Iallreduce`` over ``Allreduce``.
     """
 
-    def __init__(self, comm: MPI.Comm, timer: PhaseTimer, reducer: Reducer) -> None:
-        self.comm, self.timer, self.reducer = comm, timer, reducer
+    def __init__(self, comm: MPI.Comm, timer: PhaseTimer, reducer: Reducer, out: np.ndarray) -> None:
+        self.comm, self.timer, self.reducer, self.out = comm, timer, reducer, out
         self.staleness: list[int] = []
         self.calls = array("d")
 
+    def grad_buffer(self) -> np.ndarray | None:
+        """The shared-memory slot the next reduction sends (MPI's blocking ``Allreduce`` and one
+        rank: None, it reduces ``out`` in place)."""
+        return self.reducer.next_slot() if self.comm.size > 1 and isinstance(self.reducer, NodeAllreduce) else None
+
     def average(self, flat: np.ndarray, meanwhile: Callable[[], bool] | None = None) -> np.ndarray:
+        """The average of every replica's ``flat`` (``flat`` itself at one rank, else ``out``)."""
         if self.comm.size == 1:
             return flat
         side = SideWork(meanwhile)
         t0 = time.perf_counter()
-        self.reducer.allreduce(flat, divisor=self.comm.size, between=side.between)
+        self.reducer.allreduce(flat, divisor=self.comm.size, between=side.between, out=self.out)
         dt = time.perf_counter() - t0 - side.busy
         self.timer.add("exchange", dt)
         side.book(self.timer)
         self.calls.append(dt)
-        return flat
+        return self.out
 
     def transfer_seconds(self) -> float:
         """Sum over calls of the minimum time over ranks (collective; every rank made the same calls)."""
@@ -95,20 +103,27 @@ class OverlapAllreduce:
     ``t + max_staleness`` computes its own, so acting and learning overlap the
     reduction; ``staleness`` records how many updates late each one was applied.
     ``poll`` (every env step, and midway through each update) lets the reducer progress.
-    ``reducer``: a ``vector_allreduce`` made with ``lag = max_staleness``.
+    ``reducer``: a ``vector_allreduce`` made with ``lag = max_staleness``; ``out``: where the
+    averages land (the trainer's gradient array; each is used before the next one lands).
     """
 
-    def __init__(self, comm: MPI.Comm, timer: PhaseTimer, reducer: Reducer, size: int,
+    def __init__(self, comm: MPI.Comm, timer: PhaseTimer, reducer: Reducer, out: np.ndarray,
                  max_staleness: int) -> None:
         self.comm, self.timer, self.reducer, self.max_staleness = comm, timer, reducer, max_staleness
-        self.out = np.zeros(size, dtype=np.float32)
+        self.out = out
         # (sequence number, or None once collected into the array; updates applied when computed; array)
         self.pending: deque[tuple[int | None, int, np.ndarray | None]] = deque()
         self.staleness: list[int] = []
         self.blocked = 0  # completions that had to wait (the reduction was not done yet)
 
+    def grad_buffer(self) -> np.ndarray | None:
+        """The reducer's slot that ``start`` posts next (None at one rank): a gradient computed
+        there is posted without a copy."""
+        return self.reducer.next_slot() if self.comm.size > 1 else None
+
     def start(self, flat: np.ndarray, applied: int) -> None:
-        """Post ``flat`` (copied); ``applied`` = updates applied when it was computed."""
+        """Post ``flat`` (copied unless it is ``grad_buffer()``); ``applied`` = updates applied when
+        it was computed."""
         if self.comm.size == 1:  # nothing to reduce: keep the gradient itself
             self.pending.append((None, applied, flat.copy()))
             return

@@ -54,9 +54,9 @@ class DQNLoop:
             lag = algo.max_staleness if self.scheme == "overlap" else 0
             self.reducer = vector_allreduce(algo.allreduce, comm, trainer.flat.size, lag, cfg.debug.ranks_per_node)
         if self.scheme == "sync":
-            self.exchange: Any = SyncAllreduce(comm, timer, self.reducer)
+            self.exchange: Any = SyncAllreduce(comm, timer, self.reducer, trainer.flat.array)
         elif self.scheme == "overlap":
-            self.exchange = OverlapAllreduce(comm, timer, self.reducer, trainer.flat.size, algo.max_staleness)
+            self.exchange = OverlapAllreduce(comm, timer, self.reducer, trainer.flat.array, algo.max_staleness)
         elif comm.rank == 0:
             self.exchange = ParameterServer(comm, trainer, timer)
         else:
@@ -108,12 +108,12 @@ class DQNLoop:
         # the rest of the round's minibatches, drawn while a reduction is not complete
         ahead = functools.partial(self.trainer.prepare_batch, updates_after) if updates_after else None
         if self.scheme == "sync":
-            with self.timer.phase("compute"):
-                grad = self.trainer.compute_grads()
+            with self.timer.phase("compute"):  # straight into the reducer's slot (no copy to post)
+                grad = self.trainer.compute_grads(into=self.exchange.grad_buffer())
             self._apply(self.exchange.average(grad, ahead))
         elif self.scheme == "overlap":
             with self.timer.phase("compute"):  # MPI advances the pending reductions midway (poll)
-                grad = self.trainer.compute_grads(self.exchange.poll)
+                grad = self.trainer.compute_grads(self.exchange.poll, into=self.exchange.grad_buffer())
             self.exchange.start(grad, self.trainer.updates)
             for avg in self.exchange.ready(self.trainer.updates, meanwhile=ahead):
                 self._apply(avg)

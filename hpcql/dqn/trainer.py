@@ -77,7 +77,7 @@ class ReplicaTrainer:
             self.np_net = NumpyMLP(obs_dim, num_actions, algo.hidden)
             self.np_online = self.np_net.layers(self.flat.param.data.numpy())
             self.np_target = self.np_net.layers(self.target_flat.param.data.numpy())
-            self.np_grads = self.np_net.layers(self.flat.array)
+            self.np_grads: dict[int, tuple[np.ndarray, list]] = {}  # buffer address -> (buffer, views)
             self.np_adam = NumpyAdam(self.optimizer, self.flat.param)
         self.replay = ReplayShard(algo.buffer_size, obs_dim)
         self.nstep = NStepAccumulator(env_cfg.num_envs, algo.n_step, gamma, obs_dim)
@@ -145,11 +145,13 @@ class ReplicaTrainer:
         self.prepared.append(Prepared(b, x, q_next_target, self.target_version))
         return True
 
-    def compute_grads(self, progress: Callable[[], None] | None = None) -> np.ndarray:
-        """Double-DQN n-step Huber loss on a local minibatch; the gradient lands in ``flat.array``.
+    def compute_grads(self, progress: Callable[[], None] | None = None,
+                      into: np.ndarray | None = None) -> np.ndarray:
+        """Double-DQN n-step Huber loss on a local minibatch; returns the array its gradient is in.
 
-        ``progress`` is called midway (before the backward pass): the overlap scheme's MPI progress.
-        The minibatch is the oldest one ``prepare_batch`` drew, if any is left.
+        That is ``into`` when given on the numpy engine (a reducer's slot: posted without a copy),
+        else ``flat.array``. ``progress`` is called midway (before the backward pass): the overlap
+        scheme's MPI progress. The minibatch is the oldest one ``prepare_batch`` drew, if any is left.
         """
         prep = self.prepared.popleft() if self.prepared else None
         b = prep.batch if prep is not None else self.replay.sample(self.rng, self.algo.batch_size)
@@ -159,11 +161,12 @@ class ReplicaTrainer:
                 x = prep.x
                 if prep.target_version == self.target_version:
                     q_next_target = prep.q_next_target
-            loss = self.np_net.td_grads(self.np_online, self.np_target, Batch(**b), self.np_grads,
+            out = self.flat.array if into is None else into
+            loss = self.np_net.td_grads(self.np_online, self.np_target, Batch(**b), self._grad_layers(out),
                                         self.algo.double_dqn, self.algo.huber_delta, progress, x, q_next_target)
             self.loss_sum += loss
             self.loss_count += 1
-            return self.flat.array
+            return out
         t = {k: torch.as_tensor(v, device=self.device) for k, v in b.items()}
         q = self.q(t["obs"]).gather(1, t["action"].unsqueeze(1)).squeeze(1)
         with torch.no_grad():
@@ -182,6 +185,13 @@ class ReplicaTrainer:
         self.loss_sum += float(loss.item())
         self.loss_count += 1
         return self.flat.gather_grads()
+
+    def _grad_layers(self, out: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The numpy engine's (weight, bias) gradient views into ``out`` (made once per buffer)."""
+        key = out.__array_interface__["data"][0]
+        if key not in self.np_grads:
+            self.np_grads[key] = (out, self.np_net.layers(out))  # the array kept alive with its views
+        return self.np_grads[key][1]
 
     def apply_grads(self, flat: np.ndarray) -> None:
         """Clip and apply an (averaged) flat gradient; refresh the target network on schedule."""
