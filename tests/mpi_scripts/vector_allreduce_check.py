@@ -3,7 +3,8 @@
 usage: vector_allreduce_check.py KIND RANKS_PER_NODE DIRECT_MAX LAG
 Every rank posts 300 random vectors, keeping up to LAG reductions in flight, with random
 short sleeps so ranks drift apart (a post must never overwrite a slot another rank still
-reads); every collected sum must match a float64 reference (computed locally: every rank
+reads; every other vector is written into ``next_slot`` before the sleep and posted without
+a copy); every collected sum must match a float64 reference (computed locally: every rank
 regenerates every rank's vectors) and be the same bits on every rank (compared at the end).
 Rank 0 prints "ok nodes=N direct=D" when all agree.
 """
@@ -53,9 +54,14 @@ def check(seq: int, ref: np.ndarray, it: int) -> None:
 for it in range(300):
     vecs = [s.standard_normal(n).astype(np.float32) for s in streams]
     ref = np.sum(np.array(vecs, dtype=np.float64), axis=0)
+    mine = vecs[comm.rank]
+    if it % 2:  # computed in place: the slot must already be free of other ranks' reads
+        slot = red.next_slot()
+        slot[...] = mine
+        mine = slot
     if sleeps.random() < 0.1:
         time.sleep(0.002)
-    pending.append((red.post(vecs[comm.rank]), ref, it))
+    pending.append((red.post(mine), ref, it))
     red.progress()
     while len(pending) > lag:
         check(*pending.popleft())
@@ -71,6 +77,9 @@ mean = rng.standard_normal(n).astype(np.float32)  # the mean: the float32 sum di
 want = np.sum(np.array(comm.allgather(mean), dtype=np.float64), axis=0) / comm.size
 red.allreduce(mean, divisor=comm.size)
 assert float(np.max(np.abs(mean - want))) < 1e-5, "mean"
+src, dst = blocking.copy(), np.zeros(n, dtype=np.float32)  # into another array: src left alone
+assert red.allreduce(src, divisor=2.0, out=dst) is dst and np.array_equal(src, blocking)
+assert np.array_equal(dst, blocking * np.float32(comm.size / 2)), "allreduce into out"
 assert all(b == comm.allgather(mean.tobytes())[0] for b in comm.allgather(mean.tobytes()))
 red.close()
 if comm.rank == 0:
