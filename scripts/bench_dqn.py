@@ -8,7 +8,9 @@ table of median time-to-solve and env-steps-to-solve, wall time per env step (su
 solved runs, so independent of how many steps a seed needed), the fraction of hpcql's update
 time spent communicating (in sync mode also the transfer proper: each allreduce's fastest
 rank, i.e. without waiting for the slower replica; in overlap mode the share of reductions not
-complete when due), and writes everything as JSON. ``--allreduce shared-memory,mpi`` runs the
+complete when due), the share of update time blocked waiting for other replicas (sync: beyond
+the transfer proper; overlap: until a due reduction is complete; the rest of the communication
+share is posting and summing the gradients, CPU work on a node), and writes everything as JSON. ``--allreduce shared-memory,mpi`` runs the
 multi-rank sync/overlap variants with both gradient reducers (MPI's own Allreduce as baseline).
 
     python scripts/bench_dqn.py --seeds 2 --budget 80000 --ranks 1,2 --json bench_dqn.json
@@ -124,6 +126,7 @@ def run_hpcql(seed: int, budget: int, eval_every: int, ranks: int, mode: str, sc
                     "seconds": float(a["seconds_to_solve"]) if solved else None, "wall": wall,
                     "comm_fraction": float(a["comm_fraction"]),
                     "transfer_fraction": float(a["transfer_fraction"]) if "transfer_fraction" in a else None,
+                    "waiting_fraction": float(a["waiting_fraction"]) if "waiting_fraction" in a else None,
                     "staleness_mean": float(a["staleness_mean"]),
                     "blocked_fraction": float(a["blocked_fraction"]) if "blocked_fraction" in a else None,
                     "staleness_max": int(a["staleness_max"])}
@@ -192,7 +195,7 @@ def main() -> int:
                   f"seconds={res['seconds'] and round(res['seconds'], 1)} wall={res['wall']:.1f}", flush=True)
 
     header = ["variant", "solved", "median s to solve", "x sb3", "median env steps", "ms per 1k env steps",
-              "comm fraction", "transfer (sync)", "not done when due (overlap)"]
+              "comm fraction", "transfer (sync)", "waiting", "not done when due (overlap)"]
     rows = []
     sb3_s = median([r["seconds"] for r in results.get("sb3-dqn (zoo)", [])])
     pct = lambda v: f"{100 * v:.1f}%" if v is not None and v >= 0 else "-"  # noqa: E731
@@ -202,12 +205,13 @@ def main() -> int:
         c = median([r.get("comm_fraction") for r in runs])
         tr = median([r.get("transfer_fraction") for r in runs])
         bl = median([r.get("blocked_fraction") for r in runs])
+        wt = median([r.get("waiting_fraction") for r in runs])
         solved = [r for r in runs if r["solved"]]
         # wall time per env step, summed over the solved runs: speed, whatever the seeds' luck in steps
         per_k = 1e6 * sum(r["seconds"] for r in solved) / sum(r["steps"] for r in solved) if solved else None
         rows.append([name, f"{len(solved)}/{len(runs)}", f"{s:.1f}" if s is not None else "-",
                      f"{sb3_s / s:.2f}" if s and sb3_s else "-", f"{n:,.0f}" if n is not None else "-",
-                     f"{per_k:.0f}" if per_k is not None else "-", pct(c), pct(tr), pct(bl)])
+                     f"{per_k:.0f}" if per_k is not None else "-", pct(c), pct(tr), pct(wt), pct(bl)])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     print(f"\nCartPole-v1 to greedy mean >= {TARGET:g} over {EVAL_EPISODES} episodes "
           f"(seeds {args.seeds}, budget {args.budget:,}, {os.cpu_count()} CPUs; medians over solved runs)")

@@ -355,6 +355,10 @@ def test_shared_memory_allreduce_trains_like_mpi_at_2_ranks(tmp_path: Path, mode
                   ranks=2, timeout=240)
         assert p.returncode == 0, p.stdout + p.stderr
         params.append(read_params(tmp_path / kind / "result.h5"))
+        with h5py.File(tmp_path / kind / "result.h5", "r") as f:  # blocked time is part of the communication
+            assert 0.0 <= f.attrs["waiting_fraction"] <= f.attrs["comm_fraction"] < 1.0
+            if mode != "sync":  # overlap also posts and sums: more than it waits
+                assert f.attrs["waiting_fraction"] < f.attrs["comm_fraction"]
     assert params[0] == params[1]
 
 
@@ -462,8 +466,9 @@ def test_overlap_works_while_a_due_reduction_is_not_complete() -> None:
             self.tests += 1
             return self.tests >= 6
 
-        def Wait(self) -> None:  # noqa: N802
-            raise AssertionError("a wait with side work must test, not block")
+        def Wait(self) -> None:  # noqa: N802 (returns at once on a completed request)
+            if self.tests < 6:
+                raise AssertionError("a wait with side work must test, not block")
 
     class FakeComm:
         size, rank = 2, 0
@@ -491,4 +496,5 @@ def test_overlap_works_while_a_due_reduction_is_not_complete() -> None:
     assert ov.staleness == [2] and ov.blocked == 1
     assert len(done) == 3  # the work ran until it returned False, not once per test
     assert timer.seconds["compute"] >= 0.03
-    assert timer.seconds["wait"] < 0.03  # five 2 ms tests and the copy, without the 30 ms of work
+    assert timer.seconds["wait"] < 0.03  # five 2 ms tests, without the 30 ms of work
+    assert 0.0 < timer.seconds["reduce"] < 0.03  # the copy out of the completed reduction

@@ -6,6 +6,7 @@ in the same order. ``check_replicas`` proves it periodically.
 
 from __future__ import annotations
 
+import functools
 import time
 from array import array
 from collections import deque
@@ -15,6 +16,7 @@ import numpy as np
 from mpi4py import MPI
 from torch import nn
 
+from hpcql.comm import yield_until
 from hpcql.dqn.network import param_checksum
 from hpcql.timing import PhaseTimer
 from hpcql.vector_allreduce import MPIAllreduce, NodeAllreduce, divide
@@ -141,7 +143,9 @@ class OverlapAllreduce:
         """Yield the averaged gradients due now (all of them when ``flush``); oldest first.
 
         ``meanwhile``: work done while a due reduction is not complete yet, as in
-        ``SyncAllreduce.average`` (counted as ``compute``, not ``wait``).
+        ``SyncAllreduce.average`` (counted as ``compute``, not ``wait``). Timed as ``wait``: the
+        time blocked until every replica's gradient is there (or, with MPI, the reduction done);
+        as ``reduce``: summing them (on a node, this rank reads the others' slots and adds).
         """
         while self.pending and (flush or len(self.pending) > self.max_staleness):
             seq, at, done = self.pending.popleft()
@@ -150,13 +154,16 @@ class OverlapAllreduce:
             if done is None:
                 if not self.reducer.ready(seq):  # type: ignore[arg-type]
                     self.blocked += 1
-                self.reducer.collect(seq, self.out, divisor=self.comm.size,  # type: ignore[arg-type]
-                                     between=side.between)
+                    yield_until(functools.partial(self.reducer.ready, seq), side.between)
+            t1 = time.perf_counter()
+            self.timer.add("wait", t1 - t0 - side.busy)
+            side.book(self.timer)
+            if done is None:  # complete now: collect only sums
+                self.reducer.collect(seq, self.out, divisor=self.comm.size)  # type: ignore[arg-type]
                 done = self.out
             else:  # a sum restored from a checkpoint (or the gradient itself at 1 rank)
                 divide(done, self.comm.size)
-            self.timer.add("wait", time.perf_counter() - t0 - side.busy)
-            side.book(self.timer)
+            self.timer.add("reduce", time.perf_counter() - t1)
             self.staleness.append(applied - at)
             yield done
             applied += 1

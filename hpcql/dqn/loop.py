@@ -29,6 +29,7 @@ from hpcql.faults import FaultInjector
 from hpcql.timing import PhaseTimer
 from hpcql.vector_allreduce import vector_allreduce
 
+COMM_PHASES = ("exchange", "wait", "reduce")  # the update time that is not computing
 CURVE_COLUMNS = ("env_steps", "wall_seconds", "eval_return_mean", "eval_return_std", "train_return_mean",
                  "loss", "epsilon", "env_steps_per_s", "updates_per_s", "updates", "allreduce_seconds")
 
@@ -138,8 +139,7 @@ class DQNLoop:
         loss_total = sum(g[2] for g in gathered)
         loss_n = sum(g[3] for g in gathered)
         train = [r for g in gathered for r in g[4]]
-        comm_seconds = comm.allreduce(self.timer.seconds.get("exchange", 0.0) + self.timer.seconds.get("wait", 0.0),
-                                      op=MPI.MAX)
+        comm_seconds = comm.allreduce(sum(self.timer.seconds.get(p, 0.0) for p in COMM_PHASES), op=MPI.MAX)
         # sync/overlap: every replica applied the same updates; PS: the master's count (agreed in quiesce)
         updates = int(self.exchange.version) if self.scheme == "parameter-server" else t.updates
         steps, wall = self.global_steps, self.wall()

@@ -14,7 +14,7 @@ from hpcql.console import Console
 from hpcql.dqn.control import DQNControl
 from hpcql.dqn.device import setup_device
 from hpcql.dqn.envs import check_spaces, make_env
-from hpcql.dqn.loop import DQNLoop, scheme_of
+from hpcql.dqn.loop import COMM_PHASES, DQNLoop, scheme_of
 from hpcql.dqn.network import module_to_numpy
 from hpcql.dqn.output import plot_curve, write_curve_csv, write_result
 from hpcql.dqn.trainer import ReplicaTrainer
@@ -50,16 +50,21 @@ def summarize(console: Console, loop: DQNLoop, phases: dict[str, dict[str, float
     algo: DQNAlgo = loop.algo
     last = loop.curve[-1]
     mean = lambda p: phases.get(p, {}).get("mean", 0.0)  # noqa: E731
-    comm_s = mean("exchange") + mean("wait")
+    comm_s = sum(mean(p) for p in COMM_PHASES)
     update_s = max(mean("compute") + comm_s, 1e-12)
     comm_fraction = comm_s / update_s
+    transfer_fraction = transfer / update_s if transfer is not None else -1.0
+    # blocked on other replicas: sync, the allreduce time beyond its transfer proper; the
+    # asynchronous schemes, the time blocked until a due reduction (or the master's reply) is there
+    waiting = comm_fraction - transfer_fraction if transfer is not None else mean("wait") / update_s
     stats = {
         "final_eval_mean": last["eval_return_mean"],
         "env_steps": int(last["env_steps"]),
         "updates": int(last["updates"]),
         "comm_fraction": comm_fraction,
         # sync: the Allreduce calls' transfer proper (each call's fastest rank), without waiting for a slower replica
-        "transfer_fraction": transfer / update_s if transfer is not None else -1.0,
+        "transfer_fraction": transfer_fraction,
+        "waiting_fraction": waiting,
         "staleness_mean": float(np.mean(staleness)) if staleness else 0.0,
         "staleness_max": int(np.max(staleness)) if staleness else 0,
         # overlap: share of the reductions that were not complete when their gradient was due
@@ -73,8 +78,10 @@ def summarize(console: Console, loop: DQNLoop, phases: dict[str, dict[str, float
                      f"after {last['env_steps']:,} env steps")
     console.info(f"{stats['env_steps']:,} env steps, {stats['updates']:,} updates, {wall:.1f} s wall; "
                  f"communication {100 * comm_fraction:.1f}% of update time"
-                 + (f" (transfer {100 * stats['transfer_fraction']:.1f}%, the rest waiting for the slower replica)"
-                    if transfer is not None and loop.comm.size > 1 else ""))
+                 + (f" (transfer {100 * transfer_fraction:.1f}%, the rest waiting for the slower replica)"
+                    if transfer is not None and loop.comm.size > 1 else "")
+                 + (f" (waiting {100 * waiting:.1f}%, posting and summing the rest)" if loop.scheme == "overlap"
+                    and loop.comm.size > 1 else ""))
     if loop.scheme != "sync":
         console.info(f"staleness seen ({loop.scheme}): mean {stats['staleness_mean']:.2f}, "
                      f"max {stats['staleness_max']} updates over {len(staleness)} gradients"
