@@ -115,11 +115,17 @@ class ValueIterationAlgo(AlgoBase):
     """sup: stop at ||V'-V||_inf < tol(1-g)/(2g). span (sync only): stop at
     span(V'-V) < tol(1-g)/g and shift V by g/(1-g) * mid-range of V'-V (Puterman
     6.6.12); both leave a tol-optimal greedy policy and ||V - V*|| <= tol/2."""
+    sweep_layout: Literal["auto", "rows", "tiles"] = "auto"
+    """Sync sweeps' entry layout: rows (state by state), tiles (column-blocked, gathers kept in
+    cache; a second copy of the entries), or auto (tiles where most successors are far from
+    their state, as in random MDPs). Tiles need mode = 'sync'."""
 
     @model_validator(mode="after")
-    def _span_needs_sync(self) -> "ValueIterationAlgo":
+    def _sync_only_options(self) -> "ValueIterationAlgo":
         if self.stopping == "span" and self.mode != "sync":
             raise ValueError("stopping = 'span' needs mode = 'sync'")
+        if self.sweep_layout == "tiles" and self.mode != "sync":
+            raise ValueError("sweep_layout = 'tiles' needs mode = 'sync' (Gauss-Seidel sweeps run on rows)")
         return self
 
 

@@ -13,7 +13,8 @@ from hpcql.halo import GhostLayout, HaloExchange, ghost_layout
 from hpcql.mdp.shard import MdpShard
 from hpcql.mdp.sources import build_shard
 from hpcql.redistribute import RowMover
-from hpcql.tabular.kernels import Kernels, kernels_for_rows
+from hpcql.tabular.kernels import Kernels, kernels_for_rows, scattered_gathers
+from hpcql.tabular.tiles import Tiles, build_tiles, row_block_for, tiled_sweep_range
 
 
 @dataclass
@@ -31,6 +32,8 @@ class ShardedProblem:
     kernels: Kernels
     """Bellman kernels for this shard's row layout (fixed-width rows when every row has the same count;
     prefetch hints when its gathers are scattered)."""
+    tiles: Tiles | None = None
+    """The entries in column-blocked tiles (``use_tiles``): ``sweep_range`` then sweeps them."""
 
     @property
     def n_local(self) -> int:
@@ -51,8 +54,15 @@ class ShardedProblem:
     # ---- the Bellman kernels on this shard's rows (see ``hpcql.tabular.kernels``)
     def sweep_range(self, v_ext: np.ndarray, v_out: np.ndarray, policy_out: np.ndarray,
                     reverse: bool = False) -> tuple[float, float]:
-        """Bellman optimality sweep; (min, max) signed change; greedy actions into ``policy_out``."""
+        """Bellman optimality sweep; (min, max) signed change; greedy actions into ``policy_out``.
+
+        On tiles (``use_tiles``) the sweep is Jacobi only: ``v_out`` not ``v_ext``, forwards.
+        """
         sh = self.shard
+        if self.tiles is not None:
+            if reverse or v_out is v_ext:
+                raise ValueError("a tiled sweep is Jacobi only (forwards, v_out separate from v_ext)")
+            return tiled_sweep_range(*self._tile_args(), sh.rewards, v_ext, v_out, self.gamma, policy_out)
         return self.kernels.bellman_sweep_range(sh.indptr, self.cols, self.probs, sh.rewards, v_ext, v_out,
                                                 self.gamma, policy_out, reverse)
 
@@ -77,6 +87,28 @@ class ShardedProblem:
         sh = self.shard
         self.kernels.q_values(sh.indptr, self.cols, self.probs, sh.rewards, v_ext, self.gamma, q_out)
 
+    def _tile_args(self) -> tuple:
+        t = self.tiles
+        return t.ptr, t.base, t.rows, t.cols, t.probs, t.n_col_blocks, t.row_block
+
+    def use_tiles(self, layout: str = "auto") -> bool:
+        """Lay the entries out in tiles for ``sweep_range`` (Jacobi sweeps); True if it did.
+
+        ``layout``: ``tiles``, ``rows``, or ``auto`` (tiles where the gathers are scattered, see
+        ``kernels.scattered_gathers``, on any rank; collective). The tiles are a second copy of the entries (12 bytes each
+        with float64 probabilities); the rows stay for the final Q values.
+        """
+        sh = self.shard
+        if layout == "rows" or row_block_for(sh.num_actions) == 0:
+            return False
+        if layout == "auto":  # one choice for every rank (collective), so all sum in the same order
+            scattered = scattered_gathers(sh.indptr, self.cols, sh.num_actions)
+            if not self.comm.allreduce(scattered, op=MPI.LOR):
+                return False
+        self.tiles = build_tiles(sh.indptr, self.cols, self.probs, self.layout.ghost_states, sh.row_start,
+                                 sh.num_states, sh.num_actions)
+        return True
+
     def load_kernel(self, name: str) -> None:
         """Load sweep kernel ``name`` (``bellman_sweep_range`` or ``bellman_sweep``: the same arguments)
         for the solvers' argument types now, from numba's disk cache or by compiling it.
@@ -86,6 +118,10 @@ class ShardedProblem:
         """
         sh = self.shard
         v, pol = np.zeros(1), np.zeros(1, dtype=np.int64)  # the solvers' vector and policy types
+        if name == "bellman_sweep_range" and self.tiles is not None:
+            args = (*self._tile_args(), sh.rewards, v, v, self.gamma, pol)
+            tiled_sweep_range.compile(tuple(numba.typeof(a) for a in args))
+            return
         args = (sh.indptr, self.cols, self.probs, sh.rewards, v, v, self.gamma, pol, False)
         getattr(self.kernels, name).compile(tuple(numba.typeof(a) for a in args))
 

@@ -33,6 +33,8 @@ def solve(cfg: Config, problem: ShardedProblem, console: Console, timer: PhaseTi
     span = getattr(algo, "stopping", "sup") == "span"
     sync_vi = not isinstance(algo, PolicyIterationAlgo) and algo.mode != "async"
     with timer.phase("io"):  # set-up: numba's start is not the first sweep's compute
+        if sync_vi and problem.use_tiles(algo.sweep_layout):
+            console.info("sweeps run on column-blocked tiles (algo.sweep_layout)")
         problem.load_kernel("bellman_sweep_range" if sync_vi else "bellman_sweep")
     tracker = console.tracker(label, target=problem.stop_threshold(algo.tol) * (2.0 if span else 1.0))
     try:
