@@ -162,6 +162,19 @@ def uses_prefetch(m: dict[str, Any]) -> bool:
     return scattered_gathers(m["indptr"], m["indices"], m["A"])
 
 
+def tiled_sweep(m: dict[str, Any], probs: np.ndarray):
+    """hpcql's tiled Jacobi sweep (``algo.sweep_layout``: sync VI's layout where gathers are scattered)
+    on this model, with the row kernels' signature (the tiles are built here, once)."""
+    from hpcql.tabular.tiles import build_tiles, tiled_sweep_range
+
+    t = build_tiles(m["indptr"], m["indices"].astype(np.int32), probs, np.zeros(0, dtype=np.int64), 0, m["S"], m["A"])
+
+    def sweep(indptr, cols, p, R, V, v_out, gamma, pol):  # noqa: ARG001 (the tiles hold the entries)
+        return tiled_sweep_range(t.ptr, t.base, t.rows, t.cols, t.probs, t.n_col_blocks, t.row_block, R, V, v_out,
+                                 gamma, pol)
+    return sweep
+
+
 def time_kernels(m: dict[str, Any], gamma: float, reps: int, float32: bool = False) -> dict[str, Any]:
     """Median steady-state times of a scipy CSR sweep, hpcql's sweep and its general-CSR variant
     (and, with ``float32``, hpcql's sweep on float32 probabilities).
@@ -194,6 +207,7 @@ def time_kernels(m: dict[str, Any], gamma: float, reps: int, float32: bool = Fal
     kernels = {"numba": (hpcql_sweep(m), m["probs"], cols), "numba_csr": (CSR.bellman_sweep, m["probs"], cols)}
     if uses_prefetch(m):
         kernels["numba_nohints"] = (hpcql_sweep(m, hints=False), m["probs"], cols)
+        kernels["numba_tiled"] = (tiled_sweep(m, m["probs"]), m["probs"], cols)
     if float32:  # algo.float32: the same kernel on probabilities rounded to float32
         kernels["numba_f32"] = (hpcql_sweep(m), probs32, cols)
     for kernel, probs, _ in kernels.values():
@@ -584,6 +598,8 @@ def part_a(models: list[dict[str, Any]], args, tmp: Path, out: dict[str, Any]) -
             entries += [("hpcql bellman_sweep without prefetch hints (1 proc)", kt["numba_nohints"], 1),
                         ("hpcql bellman_sweep without prefetch hints, 2 procs at once (each)",
                          concurrent_kernel_time(m, 0.99, args.sweep_reps, 2, hints=False), 1)]
+        if "numba_tiled" in kt:
+            entries += [("hpcql tiled sweep (column blocks: sync VI's layout here, 1 proc)", kt["numba_tiled"], 1)]
         if "numba_cached_gathers" in kt:
             entries += [(f"diagnostic: hpcql bellman_sweep, gathers folded into {CACHED_GATHER_STATES:,} states "
                          "(L2-resident; same bytes streamed)", kt["numba_cached_gathers"], 1)]
