@@ -163,15 +163,14 @@ def uses_prefetch(m: dict[str, Any]) -> bool:
 
 
 def tiled_sweep(m: dict[str, Any], probs: np.ndarray):
-    """hpcql's tiled Jacobi sweep (``algo.sweep_layout``: sync VI's layout where gathers are scattered)
-    on this model, with the row kernels' signature (the tiles are built here, once)."""
+    """hpcql's tiled Jacobi sweep (what sync VI runs with ``algo.sweep_layout = "tiles"``) on this
+    model, with the row kernels' signature (the tiles are built here, once)."""
     from hpcql.tabular.tiles import build_tiles, tiled_sweep_range
 
     t = build_tiles(m["indptr"], m["indices"].astype(np.int32), probs, np.zeros(0, dtype=np.int64), 0, m["S"], m["A"])
 
     def sweep(indptr, cols, p, R, V, v_out, gamma, pol):  # noqa: ARG001 (the tiles hold the entries)
-        return tiled_sweep_range(t.ptr, t.base, t.rows, t.cols, t.probs, t.n_col_blocks, t.row_block, R, V, v_out,
-                                 gamma, pol)
+        return tiled_sweep_range(*t.sweep_args(), R, V, v_out, gamma, pol)
     return sweep
 
 
@@ -599,7 +598,7 @@ def part_a(models: list[dict[str, Any]], args, tmp: Path, out: dict[str, Any]) -
                         ("hpcql bellman_sweep without prefetch hints, 2 procs at once (each)",
                          concurrent_kernel_time(m, 0.99, args.sweep_reps, 2, hints=False), 1)]
         if "numba_tiled" in kt:
-            entries += [("hpcql tiled sweep (column blocks: sync VI's layout here, 1 proc)", kt["numba_tiled"], 1)]
+            entries += [("hpcql tiled sweep (column blocks: algo.sweep_layout = tiles, 1 proc)", kt["numba_tiled"], 1)]
         if "numba_cached_gathers" in kt:
             entries += [(f"diagnostic: hpcql bellman_sweep, gathers folded into {CACHED_GATHER_STATES:,} states "
                          "(L2-resident; same bytes streamed)", kt["numba_cached_gathers"], 1)]

@@ -62,7 +62,7 @@ class ShardedProblem:
         if self.tiles is not None:
             if reverse or v_out is v_ext:
                 raise ValueError("a tiled sweep is Jacobi only (forwards, v_out separate from v_ext)")
-            return tiled_sweep_range(*self._tile_args(), sh.rewards, v_ext, v_out, self.gamma, policy_out)
+            return tiled_sweep_range(*self.tiles.sweep_args(), sh.rewards, v_ext, v_out, self.gamma, policy_out)
         return self.kernels.bellman_sweep_range(sh.indptr, self.cols, self.probs, sh.rewards, v_ext, v_out,
                                                 self.gamma, policy_out, reverse)
 
@@ -87,16 +87,12 @@ class ShardedProblem:
         sh = self.shard
         self.kernels.q_values(sh.indptr, self.cols, self.probs, sh.rewards, v_ext, self.gamma, q_out)
 
-    def _tile_args(self) -> tuple:
-        t = self.tiles
-        return t.ptr, t.base, t.rows, t.cols, t.probs, t.n_col_blocks, t.row_block
-
     def use_tiles(self, layout: str = "auto") -> bool:
         """Lay the entries out in tiles for ``sweep_range`` (Jacobi sweeps); True if it did.
 
-        ``layout``: ``tiles``, ``rows``, or ``auto`` (tiles where the gathers are scattered, see
-        ``kernels.scattered_gathers``, on any rank; collective). The tiles are a second copy of the entries (12 bytes each
-        with float64 probabilities); the rows stay for the final Q values.
+        ``layout``: ``tiles``, ``rows``, or ``auto`` (tiles where the gathers are scattered on any
+        rank, see ``kernels.scattered_gathers``; collective). The tiles are a second copy of the
+        entries (12 bytes each with float64 probabilities); the rows stay for the final Q values.
         """
         sh = self.shard
         if layout == "rows" or row_block_for(sh.num_actions) == 0:
@@ -119,7 +115,7 @@ class ShardedProblem:
         sh = self.shard
         v, pol = np.zeros(1), np.zeros(1, dtype=np.int64)  # the solvers' vector and policy types
         if name == "bellman_sweep_range" and self.tiles is not None:
-            args = (*self._tile_args(), sh.rewards, v, v, self.gamma, pol)
+            args = (*self.tiles.sweep_args(), sh.rewards, v, v, self.gamma, pol)
             tiled_sweep_range.compile(tuple(numba.typeof(a) for a in args))
             return
         args = (sh.indptr, self.cols, self.probs, sh.rewards, v, v, self.gamma, pol, False)

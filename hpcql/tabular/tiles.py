@@ -51,6 +51,10 @@ class Tiles:
     row_block: int
     """States per row block."""
 
+    def sweep_args(self) -> tuple:
+        """The tile arguments of ``tiled_sweep_range``, in order."""
+        return self.ptr, self.base, self.rows, self.cols, self.probs, self.n_col_blocks, self.row_block
+
 
 def row_block_for(num_actions: int, row_entries: int = ROW_ENTRIES) -> int:
     """States per row block (0 when even one state's actions overflow the 16-bit row offsets)."""
@@ -79,7 +83,7 @@ def build_tiles(indptr: np.ndarray, cols: np.ndarray, probs: np.ndarray, ghost_s
 def _tile_of(g, row_start, row_stop, rb, n_col_blocks, col_block):
     """Tile index of an entry of row block ``rb`` gathering global column ``g``."""
     seg = 0 if g < row_start else (1 if g < row_stop else 2)
-    return (rb * n_col_blocks + g // col_block) * 3 + seg
+    return (rb * n_col_blocks + g // col_block) * SEGMENTS + seg
 
 
 @njit(cache=True, nogil=True)
@@ -111,7 +115,7 @@ def _build(indptr, cols, probs, ext_global, row_start, n_local, num_actions, row
     row_stop = row_start + n_local
     n_rows = n_local * num_actions
     n_row_blocks = (n_local + row_block - 1) // row_block
-    n_tiles = n_row_blocks * n_col_blocks * 3
+    n_tiles = n_row_blocks * n_col_blocks * SEGMENTS
     counts = np.zeros(n_tiles + 1, dtype=np.int64)
     none = np.iinfo(np.int64).max
     base = np.full(n_tiles, none, dtype=np.int64)
@@ -170,7 +174,7 @@ def tiled_sweep_range(ptr, base, rows, cols, probs, n_col_blocks, row_block, rew
     acc = np.empty(row_block * num_actions, dtype=np.float64)
     lo = np.inf
     hi = -np.inf
-    per_block = n_col_blocks * 3
+    per_block = n_col_blocks * SEGMENTS
     for rb in range((n_local + row_block - 1) // row_block):
         s0 = rb * row_block
         s1 = min(s0 + row_block, n_local)
