@@ -12,7 +12,7 @@ from hpcql.mdp.random_mdp import random_mdp_shard
 from hpcql.mdp.shard import MdpShard
 from hpcql.partition import uniform_partition
 from hpcql.tabular.problem import make_problem
-from hpcql.tabular.tiles import build_tiles, row_block_for, tiled_sweep_range
+from hpcql.tabular.tiles import TILES_MIN_VALUES, build_tiles, row_block_for, tiled_sweep_range
 
 GAMMA = 0.97
 
@@ -37,7 +37,7 @@ def scipy_sweep(sh: MdpShard, v: np.ndarray, probs: np.ndarray | None = None) ->
     return sh.rewards + GAMMA * (P @ v).reshape(S, A)
 
 
-def tiled_partition_sweep(sh: MdpShard, v: np.ndarray, ranks: int, row_block: int, col_block: int,
+def tiled_partition_sweep(sh: MdpShard, v: np.ndarray, ranks: int, row_block: int, col_bits: int,
                           probs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float, float]:
     """The tiled sweep of every shard of ``sh`` under a uniform ``ranks``-way partition (no MPI: each
     shard's extended vector filled from ``v``); V, policy and the (min, max) change, concatenated."""
@@ -51,11 +51,10 @@ def tiled_partition_sweep(sh: MdpShard, v: np.ndarray, ranks: int, row_block: in
         sl = slice(int(sh.indptr[a * A]), int(sh.indptr[b * A]))
         layout = ghost_layout(sh.indices[sl], offsets, rank)
         tiles = build_tiles(ip, layout.local_cols, probs[sl], layout.ghost_states, a, sh.num_states, A,
-                            row_block, col_block)
+                            row_block, col_bits)
         v_ext = np.concatenate([v[a:b], v[layout.ghost_states]])
         v_out, pol = np.empty(b - a), np.zeros(b - a, dtype=np.int64)
-        r = tiled_sweep_range(tiles.ptr, tiles.base, tiles.rows, tiles.cols, tiles.probs, tiles.n_col_blocks,
-                              tiles.row_block, sh.rewards[a:b], v_ext, v_out, GAMMA, pol)
+        r = tiled_sweep_range(*tiles.sweep_args(), sh.rewards[a:b], v_ext, v_out, GAMMA, pol)
         outs.append(v_out)
         pols.append(pol)
         if b > a:
@@ -69,7 +68,7 @@ CASES = {"random-8": lambda: random_mdp_shard(3000, 4, 8, seed=11),
 
 
 @pytest.mark.parametrize("name", list(CASES))
-@pytest.mark.parametrize("blocks", [(64, 256), (1000, 4096), (None, 32768)])
+@pytest.mark.parametrize("blocks", [(64, 8), (1000, 12), (None, 14), (3, 0)])
 def test_tiled_sweep_matches_scipy_on_every_partition(name, blocks):
     sh = CASES[name]()
     row_block = row_block_for(sh.num_actions) if blocks[0] is None else blocks[0]
@@ -91,19 +90,21 @@ def test_tiled_sweep_on_float32_probabilities():
     p32 = sh.probs.astype(np.float32)
     v = np.random.default_rng(5).random(sh.num_states)
     q = scipy_sweep(sh, v, p32.astype(np.float64))
-    v_out, pol, _, _ = tiled_partition_sweep(sh, v, 2, 100, 512, probs=p32)
+    v_out, pol, _, _ = tiled_partition_sweep(sh, v, 2, 100, 9, probs=p32)
     np.testing.assert_allclose(v_out, q.max(axis=1), rtol=1e-13)
     np.testing.assert_array_equal(pol, q.argmax(axis=1))
 
 
-def test_tile_sizes_that_overflow_16_bit_offsets_are_refused():
+def test_tile_sizes_that_overflow_32_bit_keys_are_refused():
     sh = random_mdp_shard(100, 4, 3, seed=1)
     cols = sh.indices.astype(np.int32)
-    with pytest.raises(ValueError, match="16-bit"):
-        build_tiles(sh.indptr, cols, sh.probs, np.zeros(0, dtype=np.int64), 0, 100, 4, 2**14 + 1, 256)
-    with pytest.raises(ValueError, match="16-bit"):
-        build_tiles(sh.indptr, cols, sh.probs, np.zeros(0, dtype=np.int64), 0, 100, 4, 16, 2**16 + 1)
-    assert row_block_for(4) == 8192 and row_block_for(2**17) == 0
+    none = np.zeros(0, dtype=np.int64)
+    with pytest.raises(ValueError, match="32-bit"):  # 2^16 rows need 16 row bits beside 17 column bits
+        build_tiles(sh.indptr, cols, sh.probs, none, 0, 100, 4, 2**14, 17)
+    with pytest.raises(ValueError, match="32-bit"):
+        build_tiles(sh.indptr, cols, sh.probs, none, 0, 100, 4, 16, 32)
+    build_tiles(sh.indptr, cols, sh.probs, none, 0, 100, 4, 2**14, 16)  # 16 + 16 bits: fits
+    assert row_block_for(4) == 16384 and row_block_for(2**19) == 0
 
 
 def test_problem_tiles_scattered_shards_only_and_sweeps_them():
@@ -114,8 +115,12 @@ def test_problem_tiles_scattered_shards_only_and_sweeps_them():
     problem = make_problem(grid, uniform_partition(90000, 1), GAMMA, MPI.COMM_SELF)
     assert not problem.use_tiles("auto") and problem.tiles is None
     assert not problem.use_tiles("rows")
-    rnd = random_mdp_shard(70000, 2, 4, seed=3)
-    problem = make_problem(rnd, uniform_partition(70000, 1), GAMMA, MPI.COMM_SELF)
+    small = random_mdp_shard(70000, 2, 4, seed=3)  # scattered, but its values fit in L2: rows
+    problem = make_problem(small, uniform_partition(70000, 1), GAMMA, MPI.COMM_SELF)
+    assert not problem.use_tiles("auto") and problem.tiles is None
+    S = TILES_MIN_VALUES + 1000
+    rnd = random_mdp_shard(S, 2, 3, seed=3)
+    problem = make_problem(rnd, uniform_partition(S, 1), GAMMA, MPI.COMM_SELF)
     assert problem.use_tiles("auto") and problem.tiles is not None
     problem.load_kernel("bellman_sweep_range")
     v_ext = np.random.default_rng(0).random(problem.n_ext)

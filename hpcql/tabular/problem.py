@@ -14,7 +14,7 @@ from hpcql.mdp.shard import MdpShard
 from hpcql.mdp.sources import build_shard
 from hpcql.redistribute import RowMover
 from hpcql.tabular.kernels import Kernels, kernels_for_rows, scattered_gathers
-from hpcql.tabular.tiles import Tiles, build_tiles, row_block_for, tiled_sweep_range
+from hpcql.tabular.tiles import TILES_MIN_VALUES, Tiles, build_tiles, row_block_for, tiled_sweep_range
 
 
 @dataclass
@@ -90,15 +90,17 @@ class ShardedProblem:
     def use_tiles(self, layout: str = "auto") -> bool:
         """Lay the entries out in tiles for ``sweep_range`` (Jacobi sweeps); True if it did.
 
-        ``layout``: ``tiles``, ``rows``, or ``auto`` (tiles where the gathers are scattered on any
-        rank, see ``kernels.scattered_gathers``; collective). The tiles are a second copy of the
-        entries (12 bytes each with float64 probabilities); the rows stay for the final Q values.
+        ``layout``: ``tiles``, ``rows``, or ``auto`` (tiles where, on any rank, the gathers are
+        scattered, see ``kernels.scattered_gathers``, over at least ``TILES_MIN_VALUES`` values;
+        collective). The tiles are a second copy of the entries (12 bytes each with float64
+        probabilities); the rows stay for the final Q values.
         """
         sh = self.shard
         if layout == "rows" or row_block_for(sh.num_actions) == 0:
             return False
         if layout == "auto":  # one choice for every rank (collective), so all sum in the same order
-            scattered = scattered_gathers(sh.indptr, self.cols, sh.num_actions)
+            wide = sh.n_local + self.layout.ghost_states.size >= TILES_MIN_VALUES
+            scattered = wide and scattered_gathers(sh.indptr, self.cols, sh.num_actions)
             if not self.comm.allreduce(scattered, op=MPI.LOR):
                 return False
         self.tiles = build_tiles(sh.indptr, self.cols, self.probs, self.layout.ghost_states, sh.row_start,
