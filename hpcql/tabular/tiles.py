@@ -12,8 +12,9 @@ column offset in the low ``col_bits`` (the 4 bytes of an int32 column index), be
 probability, so the bytes streamed per sweep are those of the row layout. While it sweeps a
 tile, ``_accumulate`` warms the next tile's value block into L2 with prefetch hints, a line every
 few entries: its random gathers would otherwise take the block's first touches as misses to L3
-or memory one by one (10^6-state random MDP: about 70 -> 65 ms per sweep; with every tile
-gathering from one block, i.e. none of those misses, the accumulation took 46 against 57 ms).
+or memory one by one (10^6-state random MDP, both in one process: 68.8 / 70.2 against 72.6 /
+73.6 ms per sweep; with every tile gathering from one block, i.e. none of those misses, the
+accumulation alone took 46 against 57 ms).
 
 The block sizes were tuned on a random MDP of 10^6 states (4 actions, 8 successors; 2 MB L2):
 16,384 states x 16,384 columns swept in 74 ms, against 117 ms for 8,192 x 32,768 and 94 ms
