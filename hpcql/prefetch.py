@@ -1,7 +1,7 @@
 """``prefetch(a, i)``: a numba intrinsic that asks the CPU for ``a[i]``'s cache line ahead of use
 (into every cache level); ``prefetch_l2(a, i)`` the same into L2 and below, not L1.
 
-It lowers to LLVM's ``llvm.prefetch`` (read, keep in all cache levels): a hint
+Both lower to LLVM's ``llvm.prefetch`` (a read; locality 3, every cache level, or 2): a hint
 that never faults and changes no result, so kernels may issue it for addresses
 they will gather a few iterations later. Random gathers (a random MDP's
 successors spread over the whole value vector) otherwise stall on one cache
@@ -38,7 +38,6 @@ def _prefetch_signature(array, index, locality: int):
         return context.get_dummy_value()
 
     return sig, codegen
-
 
 
 @intrinsic
