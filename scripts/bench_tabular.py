@@ -10,8 +10,10 @@ One run, the same MDPs for every solver, all built in-process from the
 Part A (issue 2), per-sweep throughput: machine streaming bandwidth (numpy
 triad), a scipy.sparse CSR Bellman sweep, hpcql's numba ``bellman_sweep``
 (single process) and the per-sweep time of ``mpiexec -n k hpcql run`` (VI sync,
-fixed number of sweeps): ms/sweep, transitions/s, ratio to scipy, fraction of
-the bandwidth roofline under a stated byte model.
+fixed number of sweeps): ms/sweep, transitions/s, ratio to scipy (whole and per
+rank), fraction of the bandwidth roofline under a stated byte model, per rank: a row
+where k processes stream at once is held against the triad bandwidth of k
+processes running at once, divided by k (the share one core gets).
 
 Part B (issue 3), time to an eps-optimal greedy policy (eps = 1e-6 by default)
 for gamma 0.99 and 0.999: scipy.sparse VI (sup-norm rule, as hpcql), pymdptoolbox
@@ -131,19 +133,37 @@ def bellman_check(P, R: np.ndarray, V: np.ndarray, gamma: float) -> tuple[float,
 
 
 # ============================================================================ Part A
-def triad_bandwidth(n: int, reps: int) -> dict[str, float]:
-    """numpy triad a = b + s*c as two in-place passes (c*s -> a; a + b -> a): 40 bytes/element moved."""
+def _triad_seconds(n: int, reps: int, barrier: Any = None) -> float:
+    """Best time of the numpy triad a = b + s*c as two in-place passes (c*s -> a; a + b -> a);
+    with a ``barrier``, every pass starts together with the other processes'."""
     b = np.random.default_rng(0).random(n)
     c = np.random.default_rng(1).random(n)
     a = np.empty(n)
     best = np.inf
     for _ in range(reps):
+        if barrier is not None:
+            barrier.wait()
         t = time.perf_counter()
         np.multiply(c, 3.0, out=a)
         np.add(a, b, out=a)
         best = min(best, time.perf_counter() - t)
-    del a, b, c
-    return {"elements": n, "bytes_per_element": 40, "seconds": best, "gbs": 40 * n / best / 1e9}
+    return best
+
+
+def triad_bandwidth(n: int, reps: int, procs: int = 1) -> dict[str, float]:
+    """Streaming bandwidth of ``procs`` processes running the triad at once (40 bytes/element
+    moved each), summed over the processes; ``procs = 1``: one core's."""
+    if procs == 1:
+        best = _triad_seconds(n, reps)
+    else:
+        best = max(run_concurrently(_triad_worker, (n, reps), procs))
+    return {"elements": n, "bytes_per_element": 40, "procs": procs, "seconds": best,
+            "gbs": procs * 40 * n / best / 1e9}
+
+
+def _triad_worker(n: int, reps: int, barrier: Any, results: Any, slot: int) -> None:
+    """One of the concurrent triad processes."""
+    results[slot] = _triad_seconds(n, reps, barrier)
 
 
 def hpcql_sweep(m: dict[str, Any], hints: bool = True):
@@ -505,6 +525,23 @@ def _pair_worker(m: dict[str, Any], gamma: float, reps: int, hints: bool, float3
     results[slot] = float(np.median(times))
 
 
+def run_concurrently(target: Any, args: tuple, procs: int) -> list[float]:
+    """Run ``target(*args, barrier, results, slot)`` in ``procs`` forked processes at once;
+    each stores one float in ``results[slot]``; returns them."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    barrier, results = ctx.Barrier(procs), ctx.Array("d", procs)
+    workers = [ctx.Process(target=target, args=(*args, barrier, results, i)) for i in range(procs)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    if any(w.exitcode != 0 for w in workers):
+        raise RuntimeError(f"a concurrent {target.__name__} process failed")
+    return list(results[:])
+
+
 def concurrent_kernel_time(m: dict[str, Any], gamma: float, reps: int, procs: int, hints: bool = True,
                            float32: bool = False) -> float:
     """Median per-sweep time of the numba kernel when ``procs`` processes sweep private copies at once.
@@ -514,19 +551,7 @@ def concurrent_kernel_time(m: dict[str, Any], gamma: float, reps: int, procs: in
     this kernel, independent of any communication. ``hints=False``: without prefetch hints;
     ``float32``: on float32 probabilities.
     """
-    import multiprocessing as mp
-
-    ctx = mp.get_context("fork")
-    barrier, results = ctx.Barrier(procs), ctx.Array("d", procs)
-    workers = [ctx.Process(target=_pair_worker, args=(m, gamma, reps, hints, float32, barrier, results, i))
-               for i in range(procs)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    if any(w.exitcode != 0 for w in workers):
-        raise RuntimeError("a concurrent kernel process failed")
-    return max(results[:])
+    return max(run_concurrently(_pair_worker, (m, gamma, reps, hints, float32), procs))
 
 
 # ============================================================================ driver
@@ -573,14 +598,21 @@ def part_a_runs(m: dict[str, Any], ranks: int, args, tmp: Path, out: dict[str, A
 def part_a(models: list[dict[str, Any]], args, tmp: Path, out: dict[str, Any]) -> str:
     from hpcql.tabular.kernels import row_width
 
-    bw = triad_bandwidth(args.triad_elements, 5)
+    busy_counts = sorted({1, 2, *args.ranks})
+    bws = {c: triad_bandwidth(args.triad_elements, 5, c) for c in busy_counts}
+    bw = bws[1]
     out["bandwidth"] = bw
+    out["bandwidth_by_procs"] = {str(c): b for c, b in bws.items()}
     lines = [f"Streaming bandwidth (numpy triad a = b + s*c, 2 in-place passes, 40 B/element counted, "
-             f"{bw['elements']:,} elements, best of 5): {bw['gbs']:.2f} GB/s (one core)"]
+             f"{bw['elements']:,} elements each, best of 5): "
+             + ", ".join(f"{b['gbs']:.2f} GB/s with {c} process{'es' if c > 1 else ''} at once"
+                         for c, b in bws.items())]
     lines.append("Byte model per transition (int32 indices): prob 8 (4 in the float32 rows) + index 4 + V gather "
                  "8 (upper bound: no reuse; a random gather really costs a 64 B line, a gridworld gather ~0) + "
                  "per (s,a) row (reward 8, + indptr 8 unless every row has the same k: hpcql's fixed-width kernels "
-                 "then never read indptr)/k. Roofline time = bytes x nnz / triad GB/s; 'roofline' = that / measured.")
+                 "then never read indptr)/k. Roofline time = bytes x (a process's share of nnz) / (triad GB/s with "
+                 "as many processes busy, per process); 'roofline' = that / measured: per rank, against the "
+                 "bandwidth one core gets while the other ranks' cores stream too.")
     rows = []
     out["part_a"] = []
     for m in models:
@@ -612,18 +644,20 @@ def part_a(models: list[dict[str, Any]], args, tmp: Path, out: dict[str, Any]) -
                 entries += part_a_runs(m, ranks, args, tmp, out, float32=True)
         for label, t, ranks in entries:
             row_bpt = bpt - 4 if "float32" in label else bpt
-            row_roof = row_bpt * m["nnz"] / (bw["gbs"] * 1e9)
+            busy = 2 if "2 procs at once" in label else ranks  # processes streaming at the same time
+            row_roof = row_bpt * m["nnz"] / ranks / (bws[busy]["gbs"] / busy * 1e9)
             rec = {"mdp": m["kind"], "what": label, "ranks": ranks, "sec_per_sweep": t,
-                   "bytes_per_transition": row_bpt, "roofline_sec_per_sweep": row_roof}
+                   "bytes_per_transition": row_bpt, "roofline_sec_per_sweep": row_roof, "busy_processes": busy}
             if t is not None and "exchange phase" in label:  # a part of a sweep: no throughput figures
-                rows.append([m["kind"], label, f"{t * 1e3:.1f}", "-", "-", "-"])
+                rows.append([m["kind"], label, f"{t * 1e3:.1f}", "-", "-", "-", "-"])
             elif t is None:
-                rows.append([m["kind"], label, "-", "-", "-", "-"])
+                rows.append([m["kind"], label, "-", "-", "-", "-", "-"])
             else:
+                per_rank = kt["scipy"] / (t * ranks)  # one rank's transitions/s against scipy's
                 rec.update(transitions_per_s=m["nnz"] / t, ratio_to_scipy=kt["scipy"] / t,
-                           roofline_fraction=row_roof / t)
+                           per_rank_ratio_to_scipy=per_rank, roofline_fraction=row_roof / t)
                 rows.append([m["kind"], label, f"{t * 1e3:.1f}", f"{m['nnz'] / t / 1e6:.0f}",
-                             f"{kt['scipy'] / t:.2f}x", f"{row_roof / t:.0%}"])
+                             f"{kt['scipy'] / t:.2f}x", f"{per_rank:.2f}x", f"{row_roof / t:.0%}"])
             out["part_a"].append(rec)
         lines.append(f"{m['kind']}: {m['desc']}: {m['nnz']:,} transitions, {bpt:.1f} B/transition, "
                      f"roofline {roof * 1e3:.1f} ms/sweep (1 core)")
@@ -642,7 +676,7 @@ def part_a(models: list[dict[str, Any]], args, tmp: Path, out: dict[str, Any]) -
         lines.append(f"{m['kind']}: two processes sweeping private copies at once take {pair * 1e3:.1f} ms/sweep each "
                      f"vs {kt['numba'] * 1e3:.1f} ms alone: this machine caps 1 -> 2 rank strong-scaling efficiency "
                      f"of the kernel at about {ceiling:.0%}")
-    table = format_table(["MDP", "sweep", "ms/sweep", "M trans/s", "vs scipy", "roofline"], rows,
+    table = format_table(["MDP", "sweep", "ms/sweep", "M trans/s", "vs scipy", "per rank", "roofline/rank"], rows,
                          title="Part A: per-sweep throughput (in-process kernels: median of %d turns x %d back-to-back "
                          "sweeps per solver; hpcql run: median over %d pairs of the marginal time per sweep between "
                          "runs of %d and %d sweeps, VI sync)"
