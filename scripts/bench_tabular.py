@@ -53,6 +53,7 @@ from bench_common import REPO, fmt_num, format_table, machine_info, mpiexec_cmd,
 BIN = Path(sys.executable).parent
 PART_A_PAIRS = 3  # pairs of hpcql runs (n and 3n sweeps) per rank count in Part A; the median is reported
 CACHED_GATHER_STATES = 16384  # time_kernels' diagnostic: gathers folded into 128 KB of values
+PAIR_PROCS = 2  # processes sweeping private copies at once in the concurrent kernel rows
 BLOCK = 3  # consecutive sweeps per solver and turn in the in-process timing (the first untimed)
 START_MARKER = "BENCH_SOLVE_START"
 HPCQL_MARKER = "MDP:"  # hpcql prints its model line right after building the shard, before solving
@@ -557,7 +558,7 @@ def concurrent_kernel_time(m: dict[str, Any], gamma: float, reps: int, procs: in
 # ============================================================================ driver
 def part_a_runs(m: dict[str, Any], ranks: int, args, tmp: Path, out: dict[str, Any],
                 float32: bool = False) -> list[tuple]:
-    """Per-sweep phases of ``mpiexec -n ranks hpcql run``: (label, sec per sweep, ranks) rows.
+    """Per-sweep phases of ``mpiexec -n ranks hpcql run``: (label, sec per sweep, ranks, ranks busy) rows.
 
     ``PART_A_PAIRS`` pairs of runs, n and 3n sweeps each; a pair's difference cancels start-up
     (numba cache load, first touch, setup), and the median over pairs damps this machine's noise.
@@ -578,10 +579,10 @@ def part_a_runs(m: dict[str, Any], ranks: int, args, tmp: Path, out: dict[str, A
         bad = [r for r in runs if r["status"] != "ok"]
         if bad:
             out.setdefault("part_a_failures", []).append({k: v for k, v in bad[0].items() if k != "V"})
-            return [(f"hpcql run {tag} ({bad[0]['status']})", None, ranks)]
+            return [(f"hpcql run {tag} ({bad[0]['status']})", None, ranks, ranks)]
         its = [int(r["attrs"]["iterations"]) for r in runs]
         if its[1] == its[0]:
-            return [(f"hpcql run {tag} (converged early)", None, ranks)]
+            return [(f"hpcql run {tag} (converged early)", None, ranks, ranks)]
         dn = its[1] - its[0]
         for phase in ("compute", "exchange"):
             t = [r["phases"].get(phase, {}).get("max", 0.0) for r in runs]
@@ -589,16 +590,16 @@ def part_a_runs(m: dict[str, Any], ranks: int, args, tmp: Path, out: dict[str, A
         marginals["solve"].append((runs[1]["solve"] - runs[0]["solve"]) / dn)
         first = runs[0]["solve"] / its[0]
     med = {k: float(np.median(v)) for k, v in marginals.items()}
-    return [(f"hpcql run {tag}: compute phase (max over ranks)", med["compute"], ranks),
-            (f"hpcql run {tag}: exchange phase (max over ranks)", med["exchange"], ranks),
-            (f"hpcql run {tag}: solve time (wall - setup)", med["solve"], ranks),
-            (f"hpcql run {tag}: first {its[0]} sweeps, solve time per sweep (last pair)", first, ranks)]
+    return [(f"hpcql run {tag}: compute phase (max over ranks)", med["compute"], ranks, ranks),
+            (f"hpcql run {tag}: exchange phase (max over ranks)", med["exchange"], ranks, ranks),
+            (f"hpcql run {tag}: solve time (wall - setup)", med["solve"], ranks, ranks),
+            (f"hpcql run {tag}: first {its[0]} sweeps, solve time per sweep (last pair)", first, ranks, ranks)]
 
 
 def part_a(models: list[dict[str, Any]], args, tmp: Path, out: dict[str, Any]) -> str:
     from hpcql.tabular.kernels import row_width
 
-    busy_counts = sorted({1, 2, *args.ranks})
+    busy_counts = sorted({1, PAIR_PROCS, *args.ranks})
     bws = {c: triad_bandwidth(args.triad_elements, 5, c) for c in busy_counts}
     bw = bws[1]
     out["bandwidth"] = bw
@@ -620,31 +621,33 @@ def part_a(models: list[dict[str, Any]], args, tmp: Path, out: dict[str, Any]) -
         bpt = 8 + 4 + 8 + (8 if row_width(m["indptr"]) else 16) / k
         roof = bpt * m["nnz"] / (bw["gbs"] * 1e9)
         kt = time_kernels(m, 0.99, args.sweep_reps, float32=args.float32)
-        pair = concurrent_kernel_time(m, 0.99, args.sweep_reps, 2)
-        entries = [("scipy.sparse CSR (P@V, reshape, max)", kt["scipy"], 1),
-                   ("hpcql bellman_sweep (numba, 1 proc)", kt["numba"], 1),
-                   ("hpcql bellman_sweep, general CSR rows (1 proc)", kt["numba_csr"], 1),
-                   ("hpcql bellman_sweep, 2 procs at once (each)", pair, 1)]
+        pair = concurrent_kernel_time(m, 0.99, args.sweep_reps, PAIR_PROCS)
+        at_once = f"{PAIR_PROCS} procs at once (each)"
+        # (label, sec per sweep, ranks sharing the model, processes streaming at the same time)
+        entries = [("scipy.sparse CSR (P@V, reshape, max)", kt["scipy"], 1, 1),
+                   ("hpcql bellman_sweep (numba, 1 proc)", kt["numba"], 1, 1),
+                   ("hpcql bellman_sweep, general CSR rows (1 proc)", kt["numba_csr"], 1, 1),
+                   (f"hpcql bellman_sweep, {at_once}", pair, 1, PAIR_PROCS)]
         if "numba_nohints" in kt:  # the prefetch hints' effect, alone and with two processes sweeping
-            entries += [("hpcql bellman_sweep without prefetch hints (1 proc)", kt["numba_nohints"], 1),
-                        ("hpcql bellman_sweep without prefetch hints, 2 procs at once (each)",
-                         concurrent_kernel_time(m, 0.99, args.sweep_reps, 2, hints=False), 1)]
+            entries += [("hpcql bellman_sweep without prefetch hints (1 proc)", kt["numba_nohints"], 1, 1),
+                        (f"hpcql bellman_sweep without prefetch hints, {at_once}",
+                         concurrent_kernel_time(m, 0.99, args.sweep_reps, PAIR_PROCS, hints=False), 1, PAIR_PROCS)]
         if "numba_tiled" in kt:
-            entries += [("hpcql tiled sweep (column blocks: algo.sweep_layout = tiles, 1 proc)", kt["numba_tiled"], 1)]
+            entries += [("hpcql tiled sweep (column blocks: algo.sweep_layout = tiles, 1 proc)", kt["numba_tiled"],
+                         1, 1)]
         if "numba_cached_gathers" in kt:
             entries += [(f"diagnostic: hpcql bellman_sweep, gathers folded into {CACHED_GATHER_STATES:,} states "
-                         "(L2-resident; same bytes streamed)", kt["numba_cached_gathers"], 1)]
+                         "(L2-resident; same bytes streamed)", kt["numba_cached_gathers"], 1, 1)]
         if args.float32:
-            entries += [("hpcql bellman_sweep, float32 probabilities (1 proc)", kt["numba_f32"], 1),
-                        ("hpcql bellman_sweep, float32 probabilities, 2 procs at once (each)",
-                         concurrent_kernel_time(m, 0.99, args.sweep_reps, 2, float32=True), 1)]
+            entries += [("hpcql bellman_sweep, float32 probabilities (1 proc)", kt["numba_f32"], 1, 1),
+                        (f"hpcql bellman_sweep, float32 probabilities, {at_once}",
+                         concurrent_kernel_time(m, 0.99, args.sweep_reps, PAIR_PROCS, float32=True), 1, PAIR_PROCS)]
         for ranks in args.ranks:
             entries += part_a_runs(m, ranks, args, tmp, out)
             if args.float32:
                 entries += part_a_runs(m, ranks, args, tmp, out, float32=True)
-        for label, t, ranks in entries:
+        for label, t, ranks, busy in entries:
             row_bpt = bpt - 4 if "float32" in label else bpt
-            busy = 2 if "2 procs at once" in label else ranks  # processes streaming at the same time
             row_roof = row_bpt * m["nnz"] / ranks / (bws[busy]["gbs"] / busy * 1e9)
             rec = {"mdp": m["kind"], "what": label, "ranks": ranks, "sec_per_sweep": t,
                    "bytes_per_transition": row_bpt, "roofline_sec_per_sweep": row_roof, "busy_processes": busy}
