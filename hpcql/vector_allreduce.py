@@ -1,7 +1,8 @@
 """Sums of float32 vectors over a communicator: through node shared memory, or plain MPI.
 
 Both classes have one interface: ``post`` a vector (returns a sequence number), ``ready``
-/ ``collect`` a reduction later, ``progress`` in between, ``allreduce`` for the blocking case.
+/ ``collect`` a reduction later (or take its ``result`` unsummed, as a ``RowSum`` that the
+consumer adds up in its own pass), ``progress`` in between, ``allreduce`` for the blocking case.
 ``NodeAllreduce`` is the fast one on a node; ``MPIAllreduce`` is ``Iallreduce`` / ``Allreduce``.
 
 A small-message ``MPI_Allreduce`` between ranks of one node costs tens of microseconds in
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Callable, Literal, Optional
+from typing import Callable, Literal, NamedTuple, Optional
 
 import numpy as np
 from mpi4py import MPI
@@ -67,6 +68,31 @@ def sum_rows(rows: np.ndarray, lo: int, hi: int, out: np.ndarray, divisor: float
     for r in range(2, rows.shape[0]):
         out += rows[r, lo:hi]
     divide(out, divisor)
+
+
+class RowSum(NamedTuple):
+    """A reduction not yet added up: ``(rows[0, :size] + rows[1, :size] + ...) / divisor``, rows in order.
+
+    ``rows`` is C-contiguous, ``(k, >= size)`` float32: a reducer's shared slots (every rank's
+    vector) or node sums, read in place. A consumer that passes over the vector anyway (the
+    optimizer) adds them up inside its own pass (``numpy_adam``) instead of a separate summing
+    pass and a copy; ``into`` gives the same bits as a plain array.
+    """
+
+    rows: np.ndarray
+    size: int
+    divisor: float
+
+    @classmethod
+    def of(cls, vec: np.ndarray, divisor: float = 1.0) -> "RowSum":
+        """``vec / divisor`` (a contiguous 1-D float32 array) as a one-row sum."""
+        return cls(vec.reshape(1, -1), vec.size, divisor)
+
+    def into(self, out: np.ndarray) -> np.ndarray:
+        """``out`` = the sum (``sum_rows``' bits); no pass when it is ``out`` itself, undivided."""
+        if not (self.rows.shape[0] == 1 and self.divisor == 1 and self.rows.ctypes.data == out.ctypes.data):
+            sum_rows(self.rows, 0, self.size, out, self.divisor)
+        return out
 
 
 def divide(vec: np.ndarray, divisor: float) -> None:
@@ -201,25 +227,35 @@ class NodeAllreduce:
             return int(self.flags[0][RESULT]) >= seq
         return self._all(SUMMED, seq)
 
-    def collect(self, seq: int, out: np.ndarray, divisor: float = 1.0,
-                between: Callable[[], None] | None = None) -> None:
-        """Wait for reduction ``seq``; ``out`` = the sum / ``divisor`` (the same bits on every rank).
+    def result(self, seq: int, divisor: float = 1.0, between: Callable[[], None] | None = None,
+               out: np.ndarray | None = None) -> RowSum:
+        """Wait for reduction ``seq``; its sum / ``divisor`` unsummed, read in place (the same bits
+        on every rank, however it is added up; ``out`` is not needed).
 
-        ``between`` runs between tests while it is not complete (see ``comm.yield_until``)."""
+        The rows stay valid until this rank posts again (then another rank may overwrite them):
+        use them before the next ``post``. ``between`` runs between tests while it is not
+        complete (see ``comm.yield_until``)."""
         yield_until(lambda: self.ready(seq), between)
         self.win.Sync()
-        if self.direct:
-            sum_rows(self.slots[seq % self.depth], 0, self.size, out, divisor)
-        else:
-            sum_rows(self.sums[seq % self.depth], 0, self.size, out, divisor)
+        rows = self.slots[seq % self.depth] if self.direct else self.sums[seq % self.depth]
+        return RowSum(rows, self.size, divisor)
+
+    def collect(self, seq: int, out: np.ndarray, divisor: float = 1.0,
+                between: Callable[[], None] | None = None) -> None:
+        """Wait for reduction ``seq``; ``out`` = the sum / ``divisor`` (``result`` added up)."""
+        self.result(seq, divisor, between).into(out)
 
     def allreduce(self, vec: np.ndarray, divisor: float = 1.0, between: Callable[[], None] | None = None,
                   out: np.ndarray | None = None) -> np.ndarray:
         """Blocking: ``out`` (default ``vec``; not ``next_slot()``) = the sum of every rank's ``vec`` /
         ``divisor``, returned; ``between`` as in ``collect``."""
         out = vec if out is None else out
-        self.collect(self.post(vec), out, divisor, between)
-        return out
+        return self.reduce(vec, divisor, between).into(out)
+
+    def reduce(self, vec: np.ndarray, divisor: float = 1.0, between: Callable[[], None] | None = None,
+               out: np.ndarray | None = None) -> RowSum:
+        """Blocking, unsummed: ``post`` then ``result`` (``out`` is not needed)."""
+        return self.result(self.post(vec), divisor, between)
 
     def close(self) -> None:
         """Free the window and the communicators (collective; every posted reduction collected)."""
@@ -273,6 +309,15 @@ class MPIAllreduce:
         divide(out, divisor)
         self.pool.append(buf)
 
+    def result(self, seq: int, divisor: float = 1.0, between: Callable[[], None] | None = None,
+               out: np.ndarray | None = None) -> RowSum:
+        """``collect`` into ``out`` (required here: the request's buffer goes back to the pool), as a
+        ``RowSum`` of one row (``NodeAllreduce.result``)."""
+        if out is None:
+            raise ValueError("MPIAllreduce.result needs out")
+        self.collect(seq, out, divisor, between)
+        return RowSum.of(out)
+
     def allreduce(self, vec: np.ndarray, divisor: float = 1.0, between: Callable[[], None] | None = None,
                   out: np.ndarray | None = None) -> np.ndarray:
         """``Allreduce`` into ``out`` (default: in place); with ``between``: ``Iallreduce``, running
@@ -285,6 +330,11 @@ class MPIAllreduce:
             wait_yielding(self.comm.Iallreduce(send, out, op=MPI.SUM), between)
         divide(out, divisor)
         return out
+
+    def reduce(self, vec: np.ndarray, divisor: float = 1.0, between: Callable[[], None] | None = None,
+               out: np.ndarray | None = None) -> RowSum:
+        """``allreduce`` as a one-row ``RowSum`` (``NodeAllreduce.reduce``)."""
+        return RowSum.of(self.allreduce(vec, divisor, between, out))
 
     def close(self) -> None:
         for req, _ in self.pending.values():

@@ -122,7 +122,13 @@ def run_hpcql(seed: int, budget: int, eval_every: int, ranks: int, mode: str, sc
         with h5py.File(out / "result.h5", "r") as f:
             a = f.attrs
             solved = bool(a["solved"])
-            return {"solved": solved, "steps": int(a["steps_to_solve"]) if solved else None,
+            phases = json.loads(a["phase_seconds_json"])
+            busy = sum(phases.get(k, {}).get("mean", 0.0) for k in ("compute", "exchange", "wait", "reduce"))
+            updates = max(int(a["updates"]), 1)
+            return {"solved": solved,
+                    # update time (compute and communication, mean over ranks) and its clip + Adam part, per update
+                    "update_us": 1e6 * busy / updates,
+                    "apply_us": float(a["apply_us_per_update"]) if "apply_us_per_update" in a else None, "steps": int(a["steps_to_solve"]) if solved else None,
                     "seconds": float(a["seconds_to_solve"]) if solved else None, "wall": wall,
                     "comm_fraction": float(a["comm_fraction"]),
                     "transfer_fraction": float(a["transfer_fraction"]) if "transfer_fraction" in a else None,
@@ -135,6 +141,23 @@ def run_hpcql(seed: int, budget: int, eval_every: int, ranks: int, mode: str, sc
 def median(values: list) -> float | None:
     vals = [v for v in values if v is not None]
     return statistics.median(vals) if vals else None
+
+
+def print_averaging_cost(results: dict[str, list[dict]]) -> None:
+    """On a node the optimizer's clip and Adam passes add the replicas' gradients up in place, so that
+    part of the allreduce is inside ``apply us``: its cost is the multi-rank apply time less the
+    1-rank one (the same passes over one gradient). Printed against each variant's update time,
+    and with the communication share it belongs to."""
+    base = median([r.get("apply_us") for r in results.get("hpcql sync x1", [])])
+    if not base:
+        return
+    for name, runs in results.items():
+        ap_us, up = median([r.get("apply_us") for r in runs]), median([r.get("update_us") for r in runs])
+        c = median([r.get("comm_fraction") for r in runs])
+        if name.startswith("hpcql") and " x1" not in name and "parameter-server" not in name and ap_us and up:
+            extra = (ap_us - base) / up
+            print(f"{name}: averaging inside clip + Adam {ap_us - base:+.1f} us per update against sync x1 "
+                  f"({100 * extra:+.1f}% of update time); communication with it {100 * ((c or 0.0) + extra):.1f}%")
 
 
 def main() -> int:
@@ -195,7 +218,8 @@ def main() -> int:
                   f"seconds={res['seconds'] and round(res['seconds'], 1)} wall={res['wall']:.1f}", flush=True)
 
     header = ["variant", "solved", "median s to solve", "x sb3", "median env steps", "ms per 1k env steps",
-              "comm fraction", "transfer (sync)", "waiting", "not done when due (overlap)"]
+              "comm fraction", "transfer (sync)", "waiting", "not done when due (overlap)", "update us",
+              "apply us"]
     rows = []
     sb3_s = median([r["seconds"] for r in results.get("sb3-dqn (zoo)", [])])
     pct = lambda v: f"{100 * v:.1f}%" if v is not None and v >= 0 else "-"  # noqa: E731
@@ -206,12 +230,14 @@ def main() -> int:
         tr = median([r.get("transfer_fraction") for r in runs])
         bl = median([r.get("blocked_fraction") for r in runs])
         wt = median([r.get("waiting_fraction") for r in runs])
+        up, ap_us = median([r.get("update_us") for r in runs]), median([r.get("apply_us") for r in runs])
         solved = [r for r in runs if r["solved"]]
         # wall time per env step, summed over the solved runs: speed, whatever the seeds' luck in steps
         per_k = 1e6 * sum(r["seconds"] for r in solved) / sum(r["steps"] for r in solved) if solved else None
         rows.append([name, f"{len(solved)}/{len(runs)}", f"{s:.1f}" if s is not None else "-",
                      f"{sb3_s / s:.2f}" if s and sb3_s else "-", f"{n:,.0f}" if n is not None else "-",
-                     f"{per_k:.0f}" if per_k is not None else "-", pct(c), pct(tr), pct(wt), pct(bl)])
+                     f"{per_k:.0f}" if per_k is not None else "-", pct(c), pct(tr), pct(wt), pct(bl),
+                     f"{up:.0f}" if up else "-", f"{ap_us:.1f}" if ap_us else "-"])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     print(f"\nCartPole-v1 to greedy mean >= {TARGET:g} over {EVAL_EPISODES} episodes "
           f"(seeds {args.seeds}, budget {args.budget:,}, {os.cpu_count()} CPUs; medians over solved runs)")
@@ -221,6 +247,7 @@ def main() -> int:
                                            "budget": args.budget, "zoo_hyperparameters": ZOO_CARTPOLE,
                                            "hpcql_job": str(args.job), "hpcql_sets": extra,
                                            "bind_cores": "off" if args.no_bind else "auto", "results": results}, indent=2, default=str))
+    print_averaging_cost(results)
     print(f"json: {args.json}")
     return 0
 

@@ -229,30 +229,56 @@ def test_numpy_engine_matches_torch_autograd_and_adam(extra: dict) -> None:
     np.testing.assert_allclose(fast.np_net.forward(fast.np_online, obs), q, rtol=1e-5, atol=1e-6)
 
 
-def test_adam_pass_gives_the_bits_of_the_numpy_vector_steps() -> None:
-    """The numba Adam pass rounds like the same steps written as float32 numpy vector operations
-    (zeros, huge and tiny gradients included, over 25 steps): bit for bit, not approximately."""
-    from hpcql.dqn.numpy_adam import adam_pass
+@pytest.mark.parametrize("ranks,divisor", [(1, 1.0), (1, 3.0), (2, 2.0), (3, 3.0), (4, 4.0)])
+@pytest.mark.parametrize("max_norm", [1e30, 1e-3])
+def test_adam_step_gives_the_bits_of_summing_clipping_and_numpy_vector_steps(ranks: int, divisor: float,
+                                                                             max_norm: float) -> None:
+    """``NumpyAdam.step`` on ``ranks`` gradient rows read in place (a reducer's slots, rows longer
+    than the vector) rounds like ``sum_rows``, then the clip multiply, then Adam written as float32
+    numpy vector operations (zeros, huge and tiny gradients included, over 25 steps): bit for bit.
+    ``max_norm`` 1e30 never clips; 1e-3 clips every step."""
+    from hpcql.dqn.numpy_adam import NumpyAdam
+    from hpcql.vector_allreduce import RowSum, sum_rows
 
     rng = np.random.default_rng(3)
     n = 10_001
-    fast = [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
-    fast[2] = np.abs(fast[2])  # v >= 0
-    ref = [a.copy() for a in fast]
+    param = torch.nn.Parameter(torch.from_numpy(rng.standard_normal(n).astype(np.float32)))
+    opt = torch.optim.Adam([param], lr=2.3e-3, betas=(0.9, 0.999), eps=1e-8)
+    adam = NumpyAdam(opt, param)
+    p, m, v = adam.p.copy(), np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.float32)
     f = np.float32
     for t in range(1, 26):
-        g = (rng.standard_normal(n) * 10.0 ** rng.integers(-30, 5, size=n)).astype(np.float32)
-        g[::11] = 0.0
-        c1, c2, b2, cbc2, eps, clr = (f(0.1), f(0.001), f(0.999), f(1 / np.sqrt(1 - 0.999 ** t)), f(1e-8),
-                                      f(2.3e-3 / (1 - 0.9 ** t)))
-        adam_pass(fast[0], g, fast[1], fast[2], c1, c2, b2, cbc2, eps, clr)
-        p, m, v = ref
-        m += (g - m) * c1
-        v *= b2
-        v += (g * g) * c2
-        p -= (m / (np.sqrt(v) * cbc2 + eps)) * clr
-        for name, a, b in zip("pmv", fast, ref):
+        rows = np.zeros((ranks, n + 15), dtype=np.float32)
+        rows[:, :n] = rng.standard_normal((ranks, n)) * 10.0 ** rng.integers(-30, 5, size=(ranks, n))
+        rows[:, ::11] = 0.0
+        norm = adam.step(RowSum(rows, n, divisor), max_norm)
+        g = np.empty(n, dtype=np.float32)
+        sum_rows(rows, 0, n, g, divisor)
+        want_norm = float(np.sqrt(np.sum(g.astype(np.float64) ** 2)))
+        assert norm == pytest.approx(want_norm, rel=1e-9)
+        coef = max_norm / (want_norm + 1e-6)
+        if coef < 1.0:
+            g *= f(coef)
+        m += (g - m) * f(0.1)
+        v *= f(0.999)
+        v += (g * g) * f(0.001)
+        p -= (m / (np.sqrt(v) * f(1 / np.sqrt(1 - 0.999 ** t)) + f(1e-8))) * f(2.3e-3 / (1 - 0.9 ** t))
+        for name, a, b in zip("pmv", (adam.p, adam.m, adam.v), (p, m, v)):
             assert a.tobytes() == b.tobytes(), f"{name} differs at step {t}"
+    assert float(opt.state[param]["step"]) == 25
+
+
+def test_row_sum_into_gives_sum_rows_bits_and_skips_itself() -> None:
+    """``RowSum.into``: the bits of ``sum_rows``; no pass (and no change) when it already is the array."""
+    from hpcql.vector_allreduce import RowSum, sum_rows
+
+    rows = np.random.default_rng(0).standard_normal((3, 70)).astype(np.float32)
+    want = np.empty(64, dtype=np.float32)
+    sum_rows(rows, 0, 64, want, 3.0)
+    assert RowSum(rows, 64, 3.0).into(np.empty(64, dtype=np.float32)).tobytes() == want.tobytes()
+    vec = rows[0, :64].copy()
+    assert RowSum.of(vec).into(vec) is vec and np.array_equal(vec, rows[0, :64])
+    assert RowSum.of(vec, 2.0).into(np.empty(64, dtype=np.float32)).tobytes() == (vec * np.float32(0.5)).tobytes()
 
 
 @pytest.mark.parametrize("engine", ["numpy", "torch"])
@@ -491,7 +517,7 @@ def test_overlap_works_while_a_due_reduction_is_not_complete() -> None:
     ov.start(np.array([1.0, 2.0, 3.0], dtype=np.float32), applied=0)
     assert list(ov.ready(1, meanwhile=work)) == []  # not due yet (one update of staleness allowed)
     ov.start(np.array([5.0, 5.0, 5.0], dtype=np.float32), applied=1)
-    out = [g.copy() for g in ov.ready(2, meanwhile=work)]
+    out = [g.into(np.empty(3, np.float32)) for g in ov.ready(2, meanwhile=work)]
     assert len(out) == 1 and out[0].tolist() == [1.0, 2.0, 3.0]
     assert ov.staleness == [2] and ov.blocked == 1
     assert len(done) == 3  # the work ran until it returned False, not once per test

@@ -19,7 +19,7 @@ from torch import nn
 from hpcql.comm import yield_until
 from hpcql.dqn.network import param_checksum
 from hpcql.timing import PhaseTimer
-from hpcql.vector_allreduce import MPIAllreduce, NodeAllreduce, divide
+from hpcql.vector_allreduce import MPIAllreduce, NodeAllreduce, RowSum
 
 Reducer = NodeAllreduce | MPIAllreduce
 
@@ -77,18 +77,20 @@ class SyncAllreduce:
         rank: None, it reduces ``out`` in place)."""
         return self.reducer.next_slot() if self.comm.size > 1 and isinstance(self.reducer, NodeAllreduce) else None
 
-    def average(self, flat: np.ndarray, meanwhile: Callable[[], bool] | None = None) -> np.ndarray:
-        """The average of every replica's ``flat`` (``flat`` itself at one rank, else ``out``)."""
+    def average(self, flat: np.ndarray, meanwhile: Callable[[], bool] | None = None) -> RowSum:
+        """The average of every replica's ``flat``: ``flat`` itself at one rank; on a node, every
+        replica's slot, read in place and summed by the optimizer's passes (use it before the next
+        ``average``); with MPI, ``out``."""
         if self.comm.size == 1:
-            return flat
+            return RowSum.of(flat)
         side = SideWork(meanwhile)
         t0 = time.perf_counter()
-        self.reducer.allreduce(flat, divisor=self.comm.size, between=side.between, out=self.out)
+        avg = self.reducer.reduce(flat, divisor=self.comm.size, between=side.between, out=self.out)
         dt = time.perf_counter() - t0 - side.busy
         self.timer.add("exchange", dt)
         side.book(self.timer)
         self.calls.append(dt)
-        return self.out
+        return avg
 
     def transfer_seconds(self) -> float:
         """Sum over calls of the minimum time over ranks (collective; every rank made the same calls)."""
@@ -106,7 +108,8 @@ class OverlapAllreduce:
     reduction; ``staleness`` records how many updates late each one was applied.
     ``poll`` (every env step, and midway through each update) lets the reducer progress.
     ``reducer``: a ``vector_allreduce`` made with ``lag = max_staleness``; ``out``: where the
-    averages land (the trainer's gradient array; each is used before the next one lands).
+    averages land when they are added up here (MPI; the trainer's gradient array): on a node,
+    the optimizer adds up every replica's slot in its own passes (``RowSum``).
     """
 
     def __init__(self, comm: MPI.Comm, timer: PhaseTimer, reducer: Reducer, out: np.ndarray,
@@ -139,13 +142,15 @@ class OverlapAllreduce:
         self.reducer.progress()
 
     def ready(self, applied: int, flush: bool = False,
-              meanwhile: Callable[[], bool] | None = None) -> Iterator[np.ndarray]:
-        """Yield the averaged gradients due now (all of them when ``flush``); oldest first.
+              meanwhile: Callable[[], bool] | None = None) -> Iterator[RowSum]:
+        """Yield the averaged gradients due now (all of them when ``flush``); oldest first. Each
+        must be used before the generator resumes (on a node it is the slots themselves).
 
         ``meanwhile``: work done while a due reduction is not complete yet, as in
         ``SyncAllreduce.average`` (counted as ``compute``, not ``wait``). Timed as ``wait``: the
         time blocked until every replica's gradient is there (or, with MPI, the reduction done);
-        as ``reduce``: summing them (on a node, this rank reads the others' slots and adds).
+        as ``reduce``: handing it over (on a node a memory fence: the summing is in the optimizer's
+        passes; with MPI, the copy out of the request's buffer).
         """
         while self.pending and (flush or len(self.pending) > self.max_staleness):
             seq, at, done = self.pending.popleft()
@@ -158,14 +163,13 @@ class OverlapAllreduce:
             t1 = time.perf_counter()
             self.timer.add("wait", t1 - t0 - side.busy)
             side.book(self.timer)
-            if done is None:  # complete now: collect only sums
-                self.reducer.collect(seq, self.out, divisor=self.comm.size)  # type: ignore[arg-type]
-                done = self.out
+            if done is None:  # complete now
+                avg = self.reducer.result(seq, self.comm.size, out=self.out)  # type: ignore[arg-type]
             else:  # a sum restored from a checkpoint (or the gradient itself at 1 rank)
-                divide(done, self.comm.size)
+                avg = RowSum.of(done, self.comm.size)
             self.timer.add("reduce", time.perf_counter() - t1)
             self.staleness.append(applied - at)
-            yield done
+            yield avg
             applied += 1
 
     def drop(self) -> None:

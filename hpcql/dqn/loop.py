@@ -27,7 +27,7 @@ from hpcql.dqn.param_server import ParameterServer, PSWorker
 from hpcql.dqn.trainer import ReplicaTrainer
 from hpcql.faults import FaultInjector
 from hpcql.timing import PhaseTimer
-from hpcql.vector_allreduce import vector_allreduce
+from hpcql.vector_allreduce import RowSum, vector_allreduce
 
 COMM_PHASES = ("exchange", "wait", "reduce")  # the update time that is not computing
 CURVE_COLUMNS = ("env_steps", "wall_seconds", "eval_return_mean", "eval_return_std", "train_return_mean",
@@ -70,6 +70,9 @@ class DQNLoop:
         self.t0 = time.perf_counter()
         self.last_eval = (0, 0.0, 0)  # (global steps, wall, updates) at the previous evaluation
         self.evaluated_at = -1  # vector step of the latest evaluation
+        # seconds in apply_grads (part of compute): clipping and Adam, with the averaging of a
+        # shared-memory reduction inside their passes; against 1 rank, what that averaging costs
+        self.apply_seconds = 0.0
 
     # ----------------------------------------------------------------- counters
     @property
@@ -84,9 +87,11 @@ class DQNLoop:
         return linear_epsilon(self.global_steps, a.eps_start, a.eps_end, a.eps_decay_steps)
 
     # ----------------------------------------------------------------- learning
-    def _apply(self, flat: np.ndarray) -> None:
+    def _apply(self, grad: np.ndarray | RowSum) -> None:
         with self.timer.phase("compute"):
-            self.trainer.apply_grads(flat)
+            t0 = time.perf_counter()
+            self.trainer.apply_grads(grad)
+            self.apply_seconds += time.perf_counter() - t0
         self._after_update()
 
     def _after_update(self) -> None:

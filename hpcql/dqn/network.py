@@ -21,6 +21,11 @@ def build_mlp(obs_dim: int, num_actions: int, hidden: list[int]) -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
+def clip_coefficient(norm: float, max_norm: float) -> float:
+    """``clip_grad_norm_``'s scale for a gradient of L2 norm ``norm`` (clip when it is below 1)."""
+    return max_norm / (norm + 1e-6)
+
+
 class FlatBuffer:
     """A module's parameters and gradients, each living in one contiguous float32 tensor.
 
@@ -85,7 +90,7 @@ class FlatBuffer:
             norm = math.sqrt(float(np.dot(self.array, self.array)))
         else:
             norm = float(torch.linalg.vector_norm(self.param.grad))
-        coef = max_norm / (norm + 1e-6)
+        coef = clip_coefficient(norm, max_norm)
         if coef < 1.0:
             if self.on_host:
                 self.array *= np.float32(coef)

@@ -80,7 +80,7 @@ def summarize(console: Console, loop: DQNLoop, phases: dict[str, dict[str, float
                  f"communication {100 * comm_fraction:.1f}% of update time"
                  + (f" (transfer {100 * transfer_fraction:.1f}%, the rest waiting for the slower replica)"
                     if transfer is not None and loop.comm.size > 1 else "")
-                 + (f" (waiting {100 * waiting:.1f}%, posting and summing the rest)" if loop.scheme == "overlap"
+                 + (f" (waiting {100 * waiting:.1f}%, posting and handing over the rest)" if loop.scheme == "overlap"
                     and loop.comm.size > 1 else ""))
     if loop.scheme != "sync":
         console.info(f"staleness seen ({loop.scheme}): mean {stats['staleness_mean']:.2f}, "
@@ -128,6 +128,7 @@ def run_dqn(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
     staleness = loop.staleness()
     transfer = loop.exchange.transfer_seconds() if scheme == "sync" else None
     blocked = loop.blocked_fraction() if scheme == "overlap" else None
+    apply_s = comm.allreduce(loop.apply_seconds) / comm.size  # mean over ranks (0 for the parameter server)
     wall = time.perf_counter() - t0
     phases = timer.aggregate(comm)
     path = result_path(cfg)
@@ -142,6 +143,8 @@ def run_dqn(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
             "global_batch": algo.batch_size * comm.size,
             "num_envs_per_rank": cfg.env.num_envs, "torch_threads": threads, "device": str(device),
             "engine": trainer.engine,
+            # clipping and Adam per update (the averaging inside them on a node), mean over ranks
+            "apply_us_per_update": 1e6 * apply_s / max(stats["updates"], 1),
             "solved": loop.solved_at is not None,
             "steps_to_solve": loop.solved_at[0] if loop.solved_at else -1,
             "seconds_to_solve": loop.solved_at[1] if loop.solved_at else -1.0,

@@ -18,6 +18,7 @@ from hpcql.dqn.nstep import NStepAccumulator
 from hpcql.dqn.numpy_adam import NumpyAdam
 from hpcql.dqn.numpy_mlp import Batch, NumpyMLP
 from hpcql.dqn.replay import ReplayShard
+from hpcql.vector_allreduce import RowSum
 
 STATE_VERSION = 2  # 2: the optimizer holds one flat parameter
 
@@ -54,8 +55,9 @@ def _to_torch(obj: Any) -> Any:
 class ReplicaTrainer:
     """One rank's envs, replay shard, Q-network replica, target network and optimizer.
 
-    Communication is not its business: ``compute_grads`` fills ``flat.array`` with the
-    local gradient, the caller averages it however the mode says, ``apply_grads`` steps.
+    Communication is not its business: ``compute_grads`` fills ``flat.array`` (or a reducer's
+    slot) with the local gradient, the caller averages it however the mode says (possibly
+    leaving the sum to ``apply_grads``, as a ``RowSum``), ``apply_grads`` steps.
     """
 
     def __init__(self, algo: DQNAlgo, env_cfg: GymEnv, obs_dim: int, num_actions: int, gamma: float,
@@ -193,13 +195,16 @@ class ReplicaTrainer:
             self.np_grads[key] = (out, self.np_net.layers(out))  # the array kept alive with its views
         return self.np_grads[key][1]
 
-    def apply_grads(self, flat: np.ndarray) -> None:
-        """Clip and apply an (averaged) flat gradient; refresh the target network on schedule."""
-        self.flat.scatter_grads(flat)
-        self.flat.clip_grads(self.algo.max_grad_norm)
+    def apply_grads(self, grad: np.ndarray | RowSum) -> None:
+        """Clip and apply an (averaged) flat gradient; refresh the target network on schedule.
+
+        ``grad``: an array, or a reduction still in the reducer's slots (``RowSum``): the numpy
+        engine sums it inside its clipping and Adam passes, torch sums it into ``flat.array`` first."""
         if self.engine == "numpy":
-            self.np_adam.step()
+            self.np_adam.step(grad if isinstance(grad, RowSum) else RowSum.of(grad), self.algo.max_grad_norm)
         else:
+            self.flat.scatter_grads(grad.into(self.flat.array) if isinstance(grad, RowSum) else grad)
+            self.flat.clip_grads(self.algo.max_grad_norm)
             self.optimizer.step()
         self.updates += 1
         if self.updates % self.algo.target_update_every == 0:
