@@ -10,8 +10,12 @@ time spent communicating (in sync mode also the transfer proper: each allreduce'
 rank, i.e. without waiting for the slower replica; in overlap mode the share of reductions not
 complete when due), the share of update time blocked waiting for other replicas (sync: beyond
 the transfer proper; overlap: until a due reduction is complete; the rest of the communication
-share is posting and summing the gradients, CPU work on a node), and writes everything as JSON. ``--allreduce shared-memory,mpi`` runs the
-multi-rank sync/overlap variants with both gradient reducers (MPI's own Allreduce as baseline).
+share is posting and handing over the gradients), the update time and its clip + Adam part per
+update, and writes everything as JSON. On a node the optimizer's passes add the replicas'
+gradients up in place, so after the table the averaging's own cost is printed: each multi-rank
+variant's clip + Adam time less sync x1's, beside the communication share it belongs to.
+``--allreduce shared-memory,mpi`` runs the multi-rank sync/overlap variants with both gradient
+reducers (MPI's own Allreduce as baseline).
 
     python scripts/bench_dqn.py --seeds 2 --budget 80000 --ranks 1,2 --json bench_dqn.json
 """

@@ -255,8 +255,8 @@ def test_adam_step_gives_the_bits_of_summing_clipping_and_numpy_vector_steps(ran
         g = np.empty(n, dtype=np.float32)
         sum_rows(rows, 0, n, g, divisor)
         want_norm = float(np.sqrt(np.sum(g.astype(np.float64) ** 2)))
-        assert norm == pytest.approx(want_norm, rel=1e-9)
-        coef = max_norm / (want_norm + 1e-6)
+        assert norm == pytest.approx(want_norm, rel=1e-5)  # accumulated in float32, as sdot does
+        coef = max_norm / (norm + 1e-6)  # the norm is checked above; the same coefficient from here on
         if coef < 1.0:
             g *= f(coef)
         m += (g - m) * f(0.1)
