@@ -363,8 +363,11 @@ def test_sync_replicas_identical_and_deterministic(tmp_path: Path) -> None:
     assert params[0] == params[1]
 
 
-def test_diverged_replica_is_detected(tmp_path: Path) -> None:
-    cfg = job(tmp_path, 2, steps=4000)
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_diverged_replica_is_detected(tmp_path: Path, mode: str) -> None:
+    """A replica nudged at update 60 fails the check taken at update 100 (compared one check later
+    or at the end), in sync and overlap mode."""
+    cfg = job(tmp_path, 2, mode=mode, steps=4000)
     p = hpcql(["run", str(cfg), "--set", "algo.diverge_rank=1", "--set", "algo.diverge_at_update=60"],
               ranks=2, timeout=240)
     assert p.returncode != 0

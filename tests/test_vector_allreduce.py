@@ -24,3 +24,22 @@ def test_sums_match_reference_and_agree(ranks: int, kind: str, ranks_per_node: i
     p = mpirun([SCRIPT, kind, str(ranks_per_node), str(direct_max), str(lag)], ranks=ranks, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     assert f"ok {layout}" in p.stdout, p.stdout
+
+
+@pytest.mark.parametrize("ranks,late,bad", [(2, 1, -1), (2, 0, 1), (3, 2, 2), (4, 3, 1)])
+def test_replica_check_does_not_synchronise_and_catches_divergence(ranks: int, late: int, bad: int) -> None:
+    """The DQN replica check posts without waiting for a late rank, and a nudged replica makes
+    every rank raise at the comparison, naming the update and the rank."""
+    p = mpirun([str(REPO / "tests/mpi_scripts/replica_check.py"), str(late), str(bad)], ranks=ranks, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = sorted(line for line in p.stdout.splitlines() if line.startswith("rank "))
+    assert len(lines) == ranks, p.stdout
+    for r, line in enumerate(lines):
+        post_s = float(line.split("post_s=")[1].split()[0])
+        if r != late:  # the late rank was 0.5 s behind: a blocking allgather would hold the others that long
+            assert post_s < 0.25, line
+        raised = line.split("raised=", 1)[1]
+        if bad < 0:
+            assert raised == "none", line
+        else:
+            assert raised.startswith(f"replicas diverged at update 20: rank(s) [{bad}] differ from rank 0"), line

@@ -164,6 +164,7 @@ def state_arrays(loop: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray
     """(replicated, per_rank, meta) of ``loop`` at an agreed (PS: quiesced) point."""
     t = loop.trainer
     t.require_nothing_prepared()
+    loop.complete_check()  # a checkpoint holds replicas proven identical
     q = t.flat.gather_params().copy()
     target = t.target_flat.gather_params(np.zeros_like(q))
     loop_state: dict[str, Any] = {

@@ -1,7 +1,7 @@
 """Gradient averaging across replicas: one fused allreduce, or an overlapped one.
 
 Both keep every replica bit-identical: all ranks apply the same averaged gradients
-in the same order. ``check_replicas`` proves it periodically.
+in the same order. ``ReplicaCheck`` proves it periodically.
 """
 
 from __future__ import annotations
@@ -197,11 +197,50 @@ class OverlapAllreduce:
         self.staleness = [int(x) for x in state.get("staleness", [])]  # absent in older checkpoints
 
 
-def check_replicas(comm: MPI.Comm, module: nn.Module, update: int) -> None:
-    """Raise ``RuntimeError`` on every rank when the replicas are not bit-identical (collective)."""
-    sums = comm.allgather(param_checksum(module))
-    bad = [r for r, s in enumerate(sums) if s[1] != sums[0][1]]
-    if bad:
-        detail = ", ".join(f"rank {r}: sum {sums[r][0]:.17g}" for r in [0] + bad)
-        raise RuntimeError(f"replicas diverged at update {update}: rank(s) {bad} differ from rank 0 "
-                           f"(parameter checksums; {detail})")
+class ReplicaCheck:
+    """Periodic proof that the replicas are bit-identical, off the critical path.
+
+    ``post`` takes this rank's parameter checksum (float64 sum and 16-byte digest) and starts a
+    non-blocking ``Iallgather`` of it; ``poll`` lets it progress; ``complete`` (called by the next
+    ``post``, and at the run's end or a checkpoint: agreed points, so every rank raises together)
+    waits for it and compares. A blocking allgather would make every check a synchronising
+    point where the faster replicas wait out the slower one's skew; posted and completed one
+    check later, the checksums have long arrived when they are compared.
+    """
+
+    WIDTH = 24  # bytes per rank: float64 sum, then the digest
+
+    def __init__(self, comm: MPI.Comm) -> None:
+        self.comm = comm
+        self.send = np.zeros(self.WIDTH, dtype=np.uint8)
+        self.recv = np.zeros((comm.size, self.WIDTH), dtype=np.uint8)
+        self.request: MPI.Request | None = None
+        self.update = -1  # the update whose checksums are in flight
+
+    def post(self, module: nn.Module, update: int) -> None:
+        """Compare the previous check's checksums (raising on a mismatch), then post this one's."""
+        self.complete()
+        total, digest = param_checksum(module)
+        self.send[:8] = np.frombuffer(np.float64(total).tobytes(), dtype=np.uint8)
+        self.send[8:] = np.frombuffer(bytes.fromhex(digest), dtype=np.uint8)
+        self.request, self.update = self.comm.Iallgather([self.send, MPI.BYTE], [self.recv, MPI.BYTE]), update
+
+    def poll(self) -> None:
+        """Let a check in flight progress (cheap; comparing waits for ``complete``)."""
+        if self.request is not None:
+            self.request.Test()
+
+    def complete(self, compare: bool = True) -> None:
+        """Wait for the check in flight (collective) and raise ``RuntimeError`` on every rank when
+        the replicas' digests differ (``compare``: False only frees it, on the way out of a run)."""
+        if self.request is None:
+            return
+        self.request.Wait()
+        self.request = None
+        digests = self.recv[:, 8:]
+        bad = [r for r in range(self.comm.size) if not np.array_equal(digests[r], digests[0])]
+        if compare and bad:
+            sums = self.recv[:, :8].copy().view(np.float64).ravel()
+            detail = ", ".join(f"rank {r}: sum {sums[r]:.17g}" for r in [0] + bad)
+            raise RuntimeError(f"replicas diverged at update {self.update}: rank(s) {bad} differ from rank 0 "
+                               f"(parameter checksums; {detail})")

@@ -21,7 +21,7 @@ from mpi4py import MPI
 from hpcql.config import Config, DQNAlgo
 from hpcql.console import Console
 from hpcql.dqn.envs import eval_episode_ids, greedy_returns
-from hpcql.dqn.exchange import OverlapAllreduce, SyncAllreduce, check_replicas
+from hpcql.dqn.exchange import OverlapAllreduce, ReplicaCheck, SyncAllreduce
 from hpcql.dqn.nstep import linear_epsilon
 from hpcql.dqn.param_server import ParameterServer, PSWorker
 from hpcql.dqn.trainer import ReplicaTrainer
@@ -62,6 +62,8 @@ class DQNLoop:
             self.exchange = ParameterServer(comm, trainer, timer)
         else:
             self.exchange = PSWorker(comm, trainer, timer, algo.max_staleness)
+        # sync/overlap: checksums every check_every updates, compared one check later
+        self.check = ReplicaCheck(comm) if self.scheme != "parameter-server" and algo.check_every else None
         self.faults = FaultInjector(cfg.debug, comm.rank)
         self.curve: list[dict[str, float]] = []
         self.eval_returns: list[np.ndarray] = []
@@ -99,9 +101,18 @@ class DQNLoop:
         if t.updates == a.diverge_at_update and self.comm.rank == a.diverge_rank:
             with torch.no_grad():
                 next(t.q.parameters()).view(-1)[0] += 1e-3  # debug: a replica that silently diverged
-        if self.scheme != "parameter-server" and a.check_every and t.updates % a.check_every == 0:
+        if self.check is not None:
+            if t.updates % a.check_every == 0:
+                with self.timer.phase("exchange"):
+                    self.check.post(t.q, t.updates)
+            else:
+                self.check.poll()
+
+    def complete_check(self) -> None:
+        """Compare the replica check in flight (collective; raises on a mismatch)."""
+        if self.check is not None:
             with self.timer.phase("exchange"):
-                check_replicas(self.comm, t.q, t.updates)
+                self.check.complete()
 
     def update(self, updates_after: int = 0) -> None:
         """One gradient update, the way the mode says.
@@ -215,7 +226,7 @@ class DQNLoop:
 
         When the last step was just evaluated those parameters are final: overlapped
         reductions still in flight are completed and dropped, so the result file holds
-        exactly the evaluated network.
+        exactly the evaluated network. The replica check in flight is compared.
         """
         if self.scheme == "overlap":
             if evaluated:
@@ -225,10 +236,14 @@ class DQNLoop:
                     self._apply(avg)
         elif self.scheme == "parameter-server" and not evaluated:
             self.exchange.quiesce()
+        self.complete_check()
 
     def release(self) -> None:
         """Complete and drop overlapped reductions still pending (none after ``finish``), then free
-        the gradient reducer's window and communicators (collective: every rank at the same step)."""
+        the gradient reducer's window and communicators (collective: every rank at the same step).
+        A replica check still in flight (a run stopped on bad input) is freed uncompared."""
+        if self.check is not None:
+            self.check.complete(compare=False)
         if self.scheme == "overlap":
             self.exchange.drop()
         if self.scheme in ("sync", "overlap"):
@@ -245,27 +260,3 @@ class DQNLoop:
         own = list(getattr(self.exchange, "staleness", []))
         return [s for part in self.comm.allgather(own if self.scheme != "overlap" or self.comm.rank == 0 else [])
                 for s in part]
-
-    # ----------------------------------------------------------------- exact state (for checkpoints)
-    def state_dict(self) -> dict[str, Any]:
-        """This rank's full training state; call at an evaluation point (PS: after ``quiesce``)."""
-        out = {"trainer": self.trainer.state_dict(), "curve": [dict(p) for p in self.curve],
-               "eval_returns": [r.copy() for r in self.eval_returns], "wall_seconds": self.wall(),
-               "last_eval": list(self.last_eval), "solved_at": self.solved_at}
-        if self.scheme == "overlap":
-            out["exchange"] = self.exchange.state_dict()
-        elif self.scheme == "parameter-server":
-            out["ps_version"] = int(self.exchange.version)
-        return out
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.trainer.load_state_dict(state["trainer"])
-        self.curve = [dict(p) for p in state["curve"]]
-        self.eval_returns = [np.asarray(r) for r in state["eval_returns"]]
-        self.wall_offset, self.t0 = float(state["wall_seconds"]), time.perf_counter()
-        self.last_eval = tuple(state["last_eval"])  # type: ignore[assignment]
-        self.solved_at = tuple(state["solved_at"]) if state["solved_at"] is not None else None  # type: ignore
-        if self.scheme == "overlap":
-            self.exchange.load_state_dict(state["exchange"])
-        elif self.scheme == "parameter-server":
-            self.exchange.version = int(state["ps_version"])
