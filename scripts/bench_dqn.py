@@ -6,12 +6,12 @@ and async/parameter-server modes, each until the greedy evaluation mean over 20 
 reaches 475 (checked every --eval-every env steps) or --budget env steps are spent. Prints a
 table of median time-to-solve and env-steps-to-solve, wall time per env step (summed over the
 solved runs, so independent of how many steps a seed needed), the fraction of hpcql's update
-time spent communicating (in sync mode also the transfer proper: each allreduce's fastest
-rank, i.e. without waiting for the slower replica; in overlap mode the share of reductions not
-complete when due), the share of update time blocked waiting for other replicas (sync: beyond
-the transfer proper; overlap: until a due reduction is complete; the rest of the communication
-share is posting and handing over the gradients), the update time and its clip + Adam part per
-update, and writes everything as JSON. On a node the optimizer's passes add the replicas'
+time spent communicating, the part of it on the slowest replica (sync and overlap: per
+reduction, the least time any rank spent on it: sync, the allreduce's transfer proper; overlap,
+posting, waiting for the reduction itself and handing it over; what overlap leaves unhidden),
+the rest, waiting for slower replicas (parameter server: blocked until the master's reply), in
+overlap mode the share of reductions not complete when due, the update time and its clip +
+Adam part per update, and writes everything as JSON. On a node the optimizer's passes add the replicas'
 gradients up in place, so after the table the averaging's own cost is printed: each multi-rank
 variant's clip + Adam time less sync x1's, beside the communication share it belongs to.
 ``--allreduce shared-memory,mpi`` runs the multi-rank sync/overlap variants with both gradient
@@ -23,6 +23,7 @@ reducers (MPI's own Allreduce as baseline).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -101,19 +102,62 @@ def run_sb3(seed: int, budget: int, eval_every: int) -> dict:
             "seconds": cb.solved[1] if cb.solved else None, "wall": wall, "comm_fraction": 0.0}
 
 
+def hpcql_cmd(out: Path, seed: int, budget: int, eval_every: int, ranks: int, mode: str, scheme: str,
+              job: Path = HPCQL_JOB, extra: dict | None = None, bind: bool = True) -> list[str]:
+    """``job`` under mpiexec, writing to ``out``; global data rate (4 envs) and batch (64) fixed across
+    ranks; ``extra``: more --set; ``bind``: False sets ``run.bind_cores = off`` (ranks left unbound)."""
+    sets = {"run.out_dir": out, "run.progress": "none", "run.plots": "false", "run.seed": seed,
+            "env.num_envs": max(1, 4 // ranks), "algo.batch_size": max(16, 64 // ranks), "algo.mode": mode,
+            "algo.async_scheme": scheme, "algo.total_steps": budget, "algo.eval_every": eval_every,
+            "algo.eval_episodes": EVAL_EPISODES, "algo.target_return": TARGET, "checkpoint.enabled": "false"}
+    sets |= {"run.bind_cores": "auto" if bind else "off"} | (extra or {})
+    return mpiexec_cmd(ranks) + [sys.executable, "-m", "hpcql", "run", str(job)] + [
+        x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+
+
+def run_twins(seed: int, steps: int, timeout: float, job: Path = HPCQL_JOB, extra: dict | None = None) -> dict:
+    """The machine's own skew between cores: two identical 1-rank runs (the per-rank settings of a
+    2-rank run: 2 envs, batch 32; the same seed, so bitwise the same work) at once, one pinned to
+    each of CPUs 0 and 1, evaluated every 500 env steps (2 episodes). Per interval between
+    evaluations, a pair in lockstep would take the slower twin's time and its faster rank wait
+    the difference: ``lockstep_waiting`` = sum |t0 - t1| / 2 over sum max(t0, t1), the share of a
+    lockstep pair's time its ranks (on average) would wait, with no communication at all."""
+    if len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0):
+        return {"error": "needs CPUs 0 and 1"}
+    sets = (extra or {}) | {"env.num_envs": 2, "algo.batch_size": 32, "algo.eval_every": 500, "algo.eval_episodes": 2,
+                            "algo.target_return": 1e9, "run.bind_cores": "off"}
+    with tempfile.TemporaryDirectory(prefix="bench_dqn_twins_") as tmp:
+        procs = [subprocess.Popen(hpcql_cmd(Path(tmp) / f"twin{c}", seed, steps, 500, 1, "sync", "overlap", job, sets),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                  env=dict(os.environ, OMP_NUM_THREADS="1"),
+                                  preexec_fn=functools.partial(os.sched_setaffinity, 0, {c}))
+                 for c in (0, 1)]
+        try:
+            errors = [p.communicate(timeout=timeout)[1] for p in procs]
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            return {"error": "timeout"}
+        if any(p.returncode for p in procs):
+            return {"error": "".join(errors)[-2000:]}
+        walls = []
+        for c in (0, 1):
+            with h5py.File(Path(tmp) / f"twin{c}" / "result.h5", "r") as f:
+                walls.append(np.diff(f["curve/wall_seconds"][:]))
+    t0, t1 = walls
+    n = min(len(t0), len(t1))
+    t0, t1 = t0[2:n], t1[2:n]  # from the first updates on (learning starts at 1,000 env steps)
+    ratio = t0 / t1
+    return {"seed": seed, "intervals": int(len(ratio)), "speed_ratio_p10_p50_p90": np.percentile(ratio, [10, 50, 90]).tolist(),
+            "lockstep_waiting": float(np.abs(t0 - t1).sum() / 2 / np.maximum(t0, t1).sum())}
+
+
 def run_hpcql(seed: int, budget: int, eval_every: int, ranks: int, mode: str, scheme: str, timeout: float,
               job: Path = HPCQL_JOB, extra: dict | None = None, bind: bool = True) -> dict:
-    """``job`` under mpiexec; global data rate (4 envs) and batch (64) fixed across ranks; ``extra``: more --set;
-    ``bind``: False sets ``run.bind_cores = off`` (ranks left unbound)."""
+    """``hpcql_cmd`` run until solved or the budget is spent; its result.h5 read back."""
     with tempfile.TemporaryDirectory(prefix="bench_dqn_") as tmp:
         out = Path(tmp) / "out"
-        sets = {"run.out_dir": out, "run.progress": "none", "run.plots": "false", "run.seed": seed,
-                "env.num_envs": max(1, 4 // ranks), "algo.batch_size": max(16, 64 // ranks), "algo.mode": mode,
-                "algo.async_scheme": scheme, "algo.total_steps": budget, "algo.eval_every": eval_every,
-                "algo.eval_episodes": EVAL_EPISODES, "algo.target_return": TARGET, "checkpoint.enabled": "false"}
-        sets |= {"run.bind_cores": "auto" if bind else "off"} | (extra or {})
-        cmd = mpiexec_cmd(ranks) + [sys.executable, "-m", "hpcql",
-               "run", str(job)] + [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+        cmd = hpcql_cmd(out, seed, budget, eval_every, ranks, mode, scheme, job, extra, bind)
         t0 = time.perf_counter()
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
@@ -186,6 +230,9 @@ def main() -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="extra hpcql --set override for every hpcql run (repeatable)")
     ap.add_argument("--json", default="bench_dqn.json", help="output JSON (default bench_dqn.json)")
+    ap.add_argument("--twins", type=int, default=0, metavar="STEPS",
+                    help="also measure the machine's own skew between CPUs 0 and 1: two identical 1-rank runs of "
+                         "STEPS env steps at once, one per core, per seed (run_twins; default 0: not run)")
     ap.add_argument("--no-bind", action="store_true", help="run.bind_cores = off: ranks left unbound (MPICH mpiexec's default)")
     args = ap.parse_args()
 
@@ -209,7 +256,10 @@ def main() -> int:
                     variants.append((name, {"kind": "hpcql", "ranks": r, "mode": mode, "scheme": scheme,
                                             "sets": sets}))
     results: dict[str, list[dict]] = {name: [] for name, _ in variants}
+    twins: list[dict] = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
+        if args.twins:
+            twins.append(run_twins(seed, args.twins, args.timeout, args.job, extra) | {"seed": seed})
         for name, v in variants:
             if v["kind"] == "sb3":
                 res = run_sb3(seed, args.budget, args.eval_every)
@@ -222,7 +272,7 @@ def main() -> int:
                   f"seconds={res['seconds'] and round(res['seconds'], 1)} wall={res['wall']:.1f}", flush=True)
 
     header = ["variant", "solved", "median s to solve", "x sb3", "median env steps", "ms per 1k env steps",
-              "comm fraction", "transfer (sync)", "waiting", "not done when due (overlap)", "update us",
+              "comm fraction", "slowest replica", "waiting", "not done when due (overlap)", "update us",
               "apply us"]
     rows = []
     sb3_s = median([r["seconds"] for r in results.get("sb3-dqn (zoo)", [])])
@@ -250,8 +300,15 @@ def main() -> int:
     Path(args.json).write_text(json.dumps({"target": TARGET, "eval_episodes": EVAL_EPISODES, "seeds": args.seeds,
                                            "budget": args.budget, "zoo_hyperparameters": ZOO_CARTPOLE,
                                            "hpcql_job": str(args.job), "hpcql_sets": extra,
-                                           "bind_cores": "off" if args.no_bind else "auto", "results": results}, indent=2, default=str))
+                                           "bind_cores": "off" if args.no_bind else "auto", "results": results,
+                                           "twins": twins}, indent=2, default=str))
     print_averaging_cost(results)
+    if twins:
+        print("machine skew (two identical 1-rank runs at once, one per core; per 500 env steps): "
+              + "; ".join(f"seed {t['seed']}: speed ratio p10/p50/p90 "
+                          + "/".join(f"{x:.2f}" for x in t["speed_ratio_p10_p50_p90"])
+                          + f", a lockstep pair would wait {100 * t['lockstep_waiting']:.1f}%"
+                          if "error" not in t else f"seed {t.get('seed')}: {t['error'][-300:]}" for t in twins))
     print(f"json: {args.json}")
     return 0
 

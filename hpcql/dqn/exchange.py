@@ -48,16 +48,34 @@ class SideWork:
             timer.add("compute", self.busy)
 
 
-class SyncAllreduce:
+class SlowestRankTime:
+    """Each reduction's communication seconds on this rank (8 bytes per update), kept in ``calls``.
+
+    A rank's communication time for a reduction is what it costs itself plus the time it waits
+    for the replicas behind it; the last replica to get there waits for nobody.
+    ``transfer_seconds`` sums, over the reductions, the least time any rank spent: the
+    communication on the critical path, without the skew between replicas.
+    """
+
+    comm: MPI.Comm
+    calls: array
+
+    def transfer_seconds(self) -> float:
+        """Sum over reductions of the minimum over ranks (collective; every rank made the same ones)."""
+        local = np.frombuffer(self.calls, dtype=np.float64) if len(self.calls) else np.zeros(0)
+        low = np.empty_like(local)
+        self.comm.Allreduce(local, low, op=MPI.MIN)
+        return float(low.sum())
+
+
+class SyncAllreduce(SlowestRankTime):
     """Average a flat gradient with one blocking allreduce (timed as ``exchange``) into ``out``.
 
     ``reducer``: a ``vector_allreduce`` (node shared memory, or MPI). ``grad_buffer``: where to
     compute the gradient so that the reducer sends it without a copy (None: anywhere).
     ``out``: where the average lands (the trainer's gradient array). Every call's duration
-    is kept (8 bytes per update): a rank's time in a blocking allreduce is the transfer
-    itself plus waiting for the last replica to arrive, and the last one to arrive waits
-    for nobody. ``transfer_seconds`` sums, over the calls, the shortest time any rank spent
-    in it: the communication proper, without the skew.
+    is kept (``SlowestRankTime``): a rank's time in a blocking allreduce is the transfer
+    itself plus waiting for the last replica to arrive.
 
     ``meanwhile`` (optional): work that a rank whose reduction is not complete at its first
     test does, one piece per further test until it returns False (upcoming updates'
@@ -92,15 +110,8 @@ class SyncAllreduce:
         self.calls.append(dt)
         return avg
 
-    def transfer_seconds(self) -> float:
-        """Sum over calls of the minimum time over ranks (collective; every rank made the same calls)."""
-        local = np.frombuffer(self.calls, dtype=np.float64) if len(self.calls) else np.zeros(0)
-        low = np.empty_like(local)
-        self.comm.Allreduce(local, low, op=MPI.MIN)
-        return float(low.sum())
 
-
-class OverlapAllreduce:
+class OverlapAllreduce(SlowestRankTime):
     """A reduction posted right after backward, completed only when needed.
 
     The averaged gradient of update ``t`` is applied just before update
@@ -109,16 +120,20 @@ class OverlapAllreduce:
     ``poll`` (every env step, and midway through each update) lets the reducer progress.
     ``reducer``: a ``vector_allreduce`` made with ``lag = max_staleness``; ``out``: where the
     averages land when they are added up here (MPI; the trainer's gradient array): on a node,
-    the optimizer adds up every replica's slot in its own passes (``RowSum``).
+    the optimizer adds up every replica's slot in its own passes (``RowSum``). Each reduction's
+    posting, waiting and handing-over seconds are kept (``SlowestRankTime``): hidden
+    communication costs the slowest replica nothing but posting and handing over.
     """
 
     def __init__(self, comm: MPI.Comm, timer: PhaseTimer, reducer: Reducer, out: np.ndarray,
                  max_staleness: int) -> None:
         self.comm, self.timer, self.reducer, self.max_staleness = comm, timer, reducer, max_staleness
         self.out = out
-        # (sequence number, or None once collected into the array; updates applied when computed; array)
-        self.pending: deque[tuple[int | None, int, np.ndarray | None]] = deque()
+        # (sequence number, or None once collected into the array; updates applied when computed;
+        # array; seconds spent posting it)
+        self.pending: deque[tuple[int | None, int, np.ndarray | None, float]] = deque()
         self.staleness: list[int] = []
+        self.calls = array("d")
         self.blocked = 0  # completions that had to wait (the reduction was not done yet)
 
     def grad_buffer(self) -> np.ndarray | None:
@@ -130,12 +145,13 @@ class OverlapAllreduce:
         """Post ``flat`` (copied unless it is ``grad_buffer()``); ``applied`` = updates applied when
         it was computed."""
         if self.comm.size == 1:  # nothing to reduce: keep the gradient itself
-            self.pending.append((None, applied, flat.copy()))
+            self.pending.append((None, applied, flat.copy(), 0.0))
             return
         t0 = time.perf_counter()
         seq = self.reducer.post(flat)
-        self.timer.add("exchange", time.perf_counter() - t0)
-        self.pending.append((seq, applied, None))
+        dt = time.perf_counter() - t0
+        self.timer.add("exchange", dt)
+        self.pending.append((seq, applied, None, dt))
 
     def poll(self) -> None:
         """Let the pending reductions progress (cheap)."""
@@ -153,7 +169,7 @@ class OverlapAllreduce:
         passes; with MPI, the copy out of the request's buffer).
         """
         while self.pending and (flush or len(self.pending) > self.max_staleness):
-            seq, at, done = self.pending.popleft()
+            seq, at, done, posting = self.pending.popleft()
             side = SideWork(meanwhile)
             t0 = time.perf_counter()
             if done is None:
@@ -161,20 +177,23 @@ class OverlapAllreduce:
                     self.blocked += 1
                     yield_until(functools.partial(self.reducer.ready, seq), side.between)
             t1 = time.perf_counter()
-            self.timer.add("wait", t1 - t0 - side.busy)
+            waited = t1 - t0 - side.busy
+            self.timer.add("wait", waited)
             side.book(self.timer)
             if done is None:  # complete now
                 avg = self.reducer.result(seq, self.comm.size, out=self.out)  # type: ignore[arg-type]
             else:  # a sum restored from a checkpoint (or the gradient itself at 1 rank)
                 avg = RowSum.of(done, self.comm.size)
-            self.timer.add("reduce", time.perf_counter() - t1)
+            handing = time.perf_counter() - t1
+            self.timer.add("reduce", handing)
+            self.calls.append(posting + waited + handing)
             self.staleness.append(applied - at)
             yield avg
             applied += 1
 
     def drop(self) -> None:
         """Complete the pending reductions and forget them (collective)."""
-        for seq, _, done in self.pending:
+        for seq, _, done, _ in self.pending:
             if done is None:
                 self.reducer.collect(seq, self.out)  # type: ignore[arg-type]
         self.pending.clear()
@@ -182,17 +201,17 @@ class OverlapAllreduce:
     def state_dict(self) -> dict[str, Any]:
         """Completes the pending reductions (collective; every rank holds the same ones)."""
         completed = deque()
-        for seq, a, done in self.pending:
+        for seq, a, done, posting in self.pending:
             if done is None:
                 done = np.zeros_like(self.out)
                 self.reducer.collect(seq, done)  # type: ignore[arg-type]
-            completed.append((None, a, done))
+            completed.append((None, a, done, posting))
         self.pending = completed
-        return {"grads": [d.copy() for _, _, d in completed], "applied_at": [a for _, a, _ in completed],
+        return {"grads": [d.copy() for _, _, d, _ in completed], "applied_at": [a for _, a, _, _ in completed],
                 "staleness": list(self.staleness)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.pending = deque((None, int(a), np.array(g, dtype=np.float32))
+        self.pending = deque((None, int(a), np.array(g, dtype=np.float32), 0.0)
                              for g, a in zip(state["grads"], state["applied_at"]))
         self.staleness = [int(x) for x in state.get("staleness", [])]  # absent in older checkpoints
 

@@ -87,7 +87,8 @@ class NumpyMLP:
         Targets ``ret + discount * (1 - done) * Q_target(next_obs, a*)``, with ``a*`` the
         online network's greedy action (Double DQN) or the target's own; no gradient flows
         through them. ``progress`` (if given) is called between the forward and backward passes
-        (the overlap scheme lets MPI advance its pending reductions there). ``x`` and
+        and after each layer of the backward pass but the first (the overlap scheme lets MPI
+        advance its pending reductions there: MPICH's ``Iallreduce`` moves only inside MPI calls). ``x`` and
         ``q_next_target``, when given, are ``stacked_inputs(b)`` and ``target_values`` computed
         earlier (they do not depend on the online parameters).
         """
@@ -119,4 +120,6 @@ class NumpyMLP:
                 dh = dz @ online[i][0]
                 dh *= h_in > 0.0  # ReLU: gradient only where the unit was active
                 dz = dh
+                if progress is not None:
+                    progress()
         return loss

@@ -54,15 +54,17 @@ def summarize(console: Console, loop: DQNLoop, phases: dict[str, dict[str, float
     update_s = max(mean("compute") + comm_s, 1e-12)
     comm_fraction = comm_s / update_s
     transfer_fraction = transfer / update_s if transfer is not None else -1.0
-    # blocked on other replicas: sync, the allreduce time beyond its transfer proper; the
-    # asynchronous schemes, the time blocked until a due reduction (or the master's reply) is there
+    # blocked on other replicas: sync and overlap, the communication time beyond the slowest
+    # replica's; the parameter server, the time blocked until the master's reply is there
     waiting = comm_fraction - transfer_fraction if transfer is not None else mean("wait") / update_s
     stats = {
         "final_eval_mean": last["eval_return_mean"],
         "env_steps": int(last["env_steps"]),
         "updates": int(last["updates"]),
         "comm_fraction": comm_fraction,
-        # sync: the Allreduce calls' transfer proper (each call's fastest rank), without waiting for a slower replica
+        # sync and overlap: each reduction's least communication time over ranks (the slowest
+        # replica's: sync, the Allreduce's transfer proper; overlap, posting, any wait for the
+        # reduction itself and handing it over), without waiting for a slower replica
         "transfer_fraction": transfer_fraction,
         "waiting_fraction": waiting,
         "staleness_mean": float(np.mean(staleness)) if staleness else 0.0,
@@ -78,10 +80,8 @@ def summarize(console: Console, loop: DQNLoop, phases: dict[str, dict[str, float
                      f"after {last['env_steps']:,} env steps")
     console.info(f"{stats['env_steps']:,} env steps, {stats['updates']:,} updates, {wall:.1f} s wall; "
                  f"communication {100 * comm_fraction:.1f}% of update time"
-                 + (f" (transfer {100 * transfer_fraction:.1f}%, the rest waiting for the slower replica)"
-                    if transfer is not None and loop.comm.size > 1 else "")
-                 + (f" (waiting {100 * waiting:.1f}%, posting and handing over the rest)" if loop.scheme == "overlap"
-                    and loop.comm.size > 1 else ""))
+                 + (f" ({100 * transfer_fraction:.1f}% on the slowest replica, the rest waiting for it)"
+                    if transfer is not None and loop.comm.size > 1 else ""))
     if loop.scheme != "sync":
         console.info(f"staleness seen ({loop.scheme}): mean {stats['staleness_mean']:.2f}, "
                      f"max {stats['staleness_max']} updates over {len(staleness)} gradients"
@@ -126,7 +126,7 @@ def run_dqn(cfg: Config, comm: MPI.Comm, console: Console) -> Path:
     control.close()
     loop.release()
     staleness = loop.staleness()
-    transfer = loop.exchange.transfer_seconds() if scheme == "sync" else None
+    transfer = loop.exchange.transfer_seconds() if scheme in ("sync", "overlap") else None
     blocked = loop.blocked_fraction() if scheme == "overlap" else None
     apply_s = comm.allreduce(loop.apply_seconds) / comm.size  # mean over ranks (0 for the parameter server)
     wall = time.perf_counter() - t0
