@@ -300,23 +300,20 @@ class MPIAllreduce:
     def collect(self, seq: int, out: np.ndarray, divisor: float = 1.0,
                 between: Callable[[], None] | None = None) -> None:
         """Complete reduction ``seq`` into ``out`` / ``divisor``; ``between`` as in ``NodeAllreduce.collect``."""
+        self.result(seq, divisor, between).into(out)
+
+    def result(self, seq: int, divisor: float = 1.0, between: Callable[[], None] | None = None,
+               out: np.ndarray | None = None) -> RowSum:
+        """Complete reduction ``seq``; its sum / ``divisor`` as a one-row ``RowSum`` of the request's
+        own buffer, not copied (``out`` is not needed). As with ``NodeAllreduce.result``, use it
+        before the next ``post``: the buffer goes back to the pool and that post may reuse it."""
         req, buf = self.pending.pop(seq)
         if between is None:
             req.Wait()
         else:
             wait_yielding(req, between)
-        np.copyto(out, buf)
-        divide(out, divisor)
         self.pool.append(buf)
-
-    def result(self, seq: int, divisor: float = 1.0, between: Callable[[], None] | None = None,
-               out: np.ndarray | None = None) -> RowSum:
-        """``collect`` into ``out`` (required here: the request's buffer goes back to the pool), as a
-        ``RowSum`` of one row (``NodeAllreduce.result``)."""
-        if out is None:
-            raise ValueError("MPIAllreduce.result needs out")
-        self.collect(seq, out, divisor, between)
-        return RowSum.of(out)
+        return RowSum.of(buf, divisor)
 
     def allreduce(self, vec: np.ndarray, divisor: float = 1.0, between: Callable[[], None] | None = None,
                   out: np.ndarray | None = None) -> np.ndarray:

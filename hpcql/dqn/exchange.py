@@ -118,9 +118,10 @@ class OverlapAllreduce(SlowestRankTime):
     ``t + max_staleness`` computes its own, so acting and learning overlap the
     reduction; ``staleness`` records how many updates late each one was applied.
     ``poll`` (every env step, and midway through each update) lets the reducer progress.
-    ``reducer``: a ``vector_allreduce`` made with ``lag = max_staleness``; ``out``: where the
-    averages land when they are added up here (MPI; the trainer's gradient array): on a node,
-    the optimizer adds up every replica's slot in its own passes (``RowSum``). Each reduction's
+    ``reducer``: a ``vector_allreduce`` made with ``lag = max_staleness``; the averages are handed
+    over where they lie, as a ``RowSum`` (on a node every replica's slot, with MPI the request's
+    buffer) that the optimizer adds up and divides in its own passes; ``out`` (the trainer's
+    gradient array) only receives the reductions completed for a checkpoint or dropped. Each reduction's
     posting, waiting and handing-over seconds are kept (``SlowestRankTime``): hidden
     communication costs the slowest replica nothing but posting and handing over.
     """
@@ -165,8 +166,8 @@ class OverlapAllreduce(SlowestRankTime):
         ``meanwhile``: work done while a due reduction is not complete yet, as in
         ``SyncAllreduce.average`` (counted as ``compute``, not ``wait``). Timed as ``wait``: the
         time blocked until every replica's gradient is there (or, with MPI, the reduction done);
-        as ``reduce``: handing it over (on a node a memory fence: the summing is in the optimizer's
-        passes; with MPI, the copy out of the request's buffer).
+        as ``reduce``: handing it over (on a node a memory fence, with MPI nothing: the summing and
+        dividing are in the optimizer's passes).
         """
         while self.pending and (flush or len(self.pending) > self.max_staleness):
             seq, at, done, posting = self.pending.popleft()
@@ -181,7 +182,7 @@ class OverlapAllreduce(SlowestRankTime):
             self.timer.add("wait", waited)
             side.book(self.timer)
             if done is None:  # complete now
-                avg = self.reducer.result(seq, self.comm.size, out=self.out)  # type: ignore[arg-type]
+                avg = self.reducer.result(seq, self.comm.size)  # type: ignore[arg-type]
             else:  # a sum restored from a checkpoint (or the gradient itself at 1 rank)
                 avg = RowSum.of(done, self.comm.size)
             handing = time.perf_counter() - t1
