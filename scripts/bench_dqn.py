@@ -148,7 +148,7 @@ def run_twins(seed: int, steps: int, timeout: float, job: Path = HPCQL_JOB, extr
     n = min(len(t0), len(t1))
     t0, t1 = t0[2:n], t1[2:n]  # from the first updates on (learning starts at 1,000 env steps)
     ratio = t0 / t1
-    return {"seed": seed, "intervals": int(len(ratio)), "speed_ratio_p10_p50_p90": np.percentile(ratio, [10, 50, 90]).tolist(),
+    return {"intervals": int(len(ratio)), "speed_ratio_p10_p50_p90": np.percentile(ratio, [10, 50, 90]).tolist(),
             "lockstep_waiting": float(np.abs(t0 - t1).sum() / 2 / np.maximum(t0, t1).sum())}
 
 
@@ -308,7 +308,7 @@ def main() -> int:
               + "; ".join(f"seed {t['seed']}: speed ratio p10/p50/p90 "
                           + "/".join(f"{x:.2f}" for x in t["speed_ratio_p10_p50_p90"])
                           + f", a lockstep pair would wait {100 * t['lockstep_waiting']:.1f}%"
-                          if "error" not in t else f"seed {t.get('seed')}: {t['error'][-300:]}" for t in twins))
+                          if "error" not in t else f"seed {t['seed']}: {t['error'][-300:]}" for t in twins))
     print(f"json: {args.json}")
     return 0
 
