@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -89,10 +89,11 @@ class DQNLoop:
         return linear_epsilon(self.global_steps, a.eps_start, a.eps_end, a.eps_decay_steps)
 
     # ----------------------------------------------------------------- learning
-    def _apply(self, grad: np.ndarray | RowSum) -> None:
+    def _apply(self, grad: np.ndarray | RowSum, progress: Callable[[], None] | None = None) -> None:
+        """Apply an averaged gradient (``progress``: the overlap scheme's poll, midway)."""
         with self.timer.phase("compute"):
             t0 = time.perf_counter()
-            self.trainer.apply_grads(grad)
+            self.trainer.apply_grads(grad, progress)
             self.apply_seconds += time.perf_counter() - t0
         self._after_update()
 
@@ -133,7 +134,7 @@ class DQNLoop:
                 grad = self.trainer.compute_grads(self.exchange.poll, into=self.exchange.grad_buffer())
             self.exchange.start(grad, self.trainer.updates)
             for avg in self.exchange.ready(self.trainer.updates, meanwhile=ahead):
-                self._apply(avg)
+                self._apply(avg, self.exchange.poll)
         else:
             with self.timer.phase("compute"):
                 self.exchange.update()

@@ -16,6 +16,7 @@ and the step pass, so replicas pay no separate summing pass or copy for it.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -122,12 +123,13 @@ class NumpyAdam:
             return self.scratch, rows[-1, :n], np.float32(1.0 / d)
         return rows[0, :n], (rows[1, :n] if rows.shape[0] == 2 else None), np.float32(1.0 / d)
 
-    def step(self, grad: RowSum, max_norm: float) -> float:
+    def step(self, grad: RowSum, max_norm: float, progress: Callable[[], None] | None = None) -> float:
         """One Adam step of the parameter with ``grad`` clipped to global L2 norm ``max_norm``
         (``FlatBuffer.clip_grads``' rule); returns the norm before clipping.
 
         ``grad`` is summed where it lies (a reducer's slots at several ranks): one pass for the
-        norm, one for the step, and no averaged copy in between."""
+        norm, one for the step, and no averaged copy in between. ``progress`` (if given) is called
+        between the two passes (the overlap scheme's MPI progress)."""
         group = self.optimizer.param_groups[0]
         beta1, beta2 = group["betas"]
         lr, eps = group["lr"], group["eps"]
@@ -136,6 +138,8 @@ class NumpyAdam:
         n = self.p.size
         norm = math.sqrt(sq_norm_pass(a, n, inv) if b is None else sq_norm_pass2(a, b, n, inv))
         coef = f(min(clip_coefficient(norm, max_norm), 1.0))  # 1: no clipping (and no bit changed)
+        if progress is not None:
+            progress()
         self.step_count[...] += 1
         t = float(self.step_count)
         # torch: m.lerp_(g, 1 - beta1); v.mul_(beta2).addcmul_(g, g, 1 - beta2);

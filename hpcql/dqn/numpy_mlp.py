@@ -51,8 +51,10 @@ class NumpyMLP:
         return out
 
     @staticmethod
-    def forward(layers: list[Layer], x: np.ndarray, keep: list[np.ndarray] | None = None) -> np.ndarray:
-        """Q-values of the rows of ``x``; every layer's output is appended to ``keep`` when given."""
+    def forward(layers: list[Layer], x: np.ndarray, keep: list[np.ndarray] | None = None,
+                progress: Callable[[], None] | None = None) -> np.ndarray:
+        """Q-values of the rows of ``x``; every layer's output is appended to ``keep`` when given;
+        ``progress`` (if given) is called after each hidden layer."""
         h = x
         last = len(layers) - 1
         for i, (w, b) in enumerate(layers):
@@ -60,6 +62,8 @@ class NumpyMLP:
             z += b
             if i < last:
                 np.maximum(z, 0.0, out=z)
+                if progress is not None:
+                    progress()
             if keep is not None:
                 keep.append(z)
             h = z
@@ -86,8 +90,9 @@ class NumpyMLP:
 
         Targets ``ret + discount * (1 - done) * Q_target(next_obs, a*)``, with ``a*`` the
         online network's greedy action (Double DQN) or the target's own; no gradient flows
-        through them. ``progress`` (if given) is called between the forward and backward passes
-        and after each layer of the backward pass but the first (the overlap scheme lets MPI
+        through them. ``progress`` (if given) is called after each hidden layer of the online
+        forward pass, between the forward and backward passes and after each layer of the backward
+        pass but the first (the overlap scheme lets MPI
         advance its pending reductions there: MPICH's ``Iallreduce`` moves only inside MPI calls). ``x`` and
         ``q_next_target``, when given, are ``stacked_inputs(b)`` and ``target_values`` computed
         earlier (they do not depend on the online parameters).
@@ -96,7 +101,7 @@ class NumpyMLP:
         rows = np.arange(n)
         x = self.stacked_inputs(b) if x is None else x
         acts = [x]
-        q_both = self.forward(online, x, acts)  # online Q of obs and next_obs in one pass
+        q_both = self.forward(online, x, acts, progress)  # online Q of obs and next_obs in one pass
         if q_next_target is None:
             q_next_target = self.target_values(target, x)
         if progress is not None:

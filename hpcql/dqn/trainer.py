@@ -195,13 +195,15 @@ class ReplicaTrainer:
             self.np_grads[key] = (out, self.np_net.layers(out))  # the array kept alive with its views
         return self.np_grads[key][1]
 
-    def apply_grads(self, grad: np.ndarray | RowSum) -> None:
+    def apply_grads(self, grad: np.ndarray | RowSum, progress: Callable[[], None] | None = None) -> None:
         """Clip and apply an (averaged) flat gradient; refresh the target network on schedule.
 
         ``grad``: an array, or a reduction still in the reducer's slots (``RowSum``): the numpy
-        engine sums it inside its clipping and Adam passes, torch sums it into ``flat.array`` first."""
+        engine sums it inside its clipping and Adam passes, torch sums it into ``flat.array`` first.
+        ``progress``: called between the numpy engine's clipping and Adam passes."""
         if self.engine == "numpy":
-            self.np_adam.step(grad if isinstance(grad, RowSum) else RowSum.of(grad), self.algo.max_grad_norm)
+            self.np_adam.step(grad if isinstance(grad, RowSum) else RowSum.of(grad), self.algo.max_grad_norm,
+                              progress)
         else:
             self.flat.scatter_grads(grad.into(self.flat.array) if isinstance(grad, RowSum) else grad)
             self.flat.clip_grads(self.algo.max_grad_norm)
