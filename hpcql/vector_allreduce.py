@@ -32,6 +32,7 @@ tests, so oversubscribed ranks do not starve the rank they wait for.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections import deque
 from typing import Callable, Literal, NamedTuple, Optional
 
@@ -110,7 +111,22 @@ def divide(vec: np.ndarray, divisor: float) -> None:
         np.divide(vec, np.float32(divisor), out=vec)
 
 
-class NodeAllreduce:
+class Collecting(ABC):
+    """What both reducers share: ``collect`` is ``result`` added up into an array."""
+
+    @abstractmethod
+    def result(self, seq: int, divisor: float = 1.0, between: Callable[[], None] | None = None,
+               out: np.ndarray | None = None) -> RowSum:
+        """Complete reduction ``seq``; its sum / ``divisor`` as a ``RowSum``."""
+
+    def collect(self, seq: int, out: np.ndarray, divisor: float = 1.0,
+                between: Callable[[], None] | None = None) -> None:
+        """Wait for reduction ``seq``; ``out`` = the sum / ``divisor`` (``result`` added up).
+        ``between`` runs between tests while it is not complete (see ``comm.yield_until``)."""
+        self.result(seq, divisor, between).into(out)
+
+
+class NodeAllreduce(Collecting):
     """Elementwise sum of ``size``-long float32 vectors over ``comm`` (collective constructor).
 
     ``lag``: reductions a rank may post before collecting the oldest (0 for a blocking
@@ -240,11 +256,6 @@ class NodeAllreduce:
         rows = self.slots[seq % self.depth] if self.direct else self.sums[seq % self.depth]
         return RowSum(rows, self.size, divisor)
 
-    def collect(self, seq: int, out: np.ndarray, divisor: float = 1.0,
-                between: Callable[[], None] | None = None) -> None:
-        """Wait for reduction ``seq``; ``out`` = the sum / ``divisor`` (``result`` added up)."""
-        self.result(seq, divisor, between).into(out)
-
     def allreduce(self, vec: np.ndarray, divisor: float = 1.0, between: Callable[[], None] | None = None,
                   out: np.ndarray | None = None) -> np.ndarray:
         """Blocking: ``out`` (default ``vec``; not ``next_slot()``) = the sum of every rank's ``vec`` /
@@ -269,7 +280,7 @@ class NodeAllreduce:
         self.node.Free()
 
 
-class MPIAllreduce:
+class MPIAllreduce(Collecting):
     """``NodeAllreduce``'s interface on ``Iallreduce`` (posted) and ``Allreduce`` (blocking)."""
 
     def __init__(self, comm: MPI.Comm, size: int, lag: int = 0) -> None:
@@ -296,11 +307,6 @@ class MPIAllreduce:
 
     def ready(self, seq: int) -> bool:
         return bool(self.pending[seq][0].Test())
-
-    def collect(self, seq: int, out: np.ndarray, divisor: float = 1.0,
-                between: Callable[[], None] | None = None) -> None:
-        """Complete reduction ``seq`` into ``out`` / ``divisor``; ``between`` as in ``NodeAllreduce.collect``."""
-        self.result(seq, divisor, between).into(out)
 
     def result(self, seq: int, divisor: float = 1.0, between: Callable[[], None] | None = None,
                out: np.ndarray | None = None) -> RowSum:
