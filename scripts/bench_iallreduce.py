@@ -19,11 +19,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-from bench_common import fmt_num, format_table, machine_info, mpiexec_cmd, write_json  # scripts/ on sys.path
+from bench_common import fmt_num, format_table, machine_info, mpiexec_cmd, run_capped, write_json  # scripts/ on sys.path
 
 DQN_FLOATS = 67586  # CartPole's [256, 256] Q-network
 PROGRESS_POINTS = 6  # MPI tests per update in the overlap scheme at two hidden layers
@@ -98,12 +99,14 @@ def run_variant(args: argparse.Namespace, settings: dict[str, str]) -> list[dict
     cmd = mpiexec_cmd(args.ranks) + [sys.executable, __file__, "--worker", "--floats", str(args.floats),
                                      "--iters", str(args.iters), "--gap-us", str(args.gap_us)]
     env = dict(os.environ, OMP_NUM_THREADS="1", **settings)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
-    for line in proc.stdout.splitlines():
+    with tempfile.TemporaryDirectory(prefix="bench_iallreduce_") as tmp:
+        run = run_capped(cmd, args.timeout, Path(tmp) / "worker.log", env=env)  # kills mpiexec's group at the cap
+    for line in run.output.splitlines():
         if line.startswith(MARK):
             return json.loads(line[len(MARK):])
-    raise SystemExit(f"bench_iallreduce: variant {settings or 'default'} failed (exit {proc.returncode}): "
-                     f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+    outcome = "hit the --timeout cap" if run.status == "cap" else "failed"
+    raise SystemExit(f"bench_iallreduce: variant {settings or 'default'} {outcome} (exit {run.returncode}): "
+                     f"{run.output.strip().splitlines()[-1:]}")
 
 
 def summary_row(label: str, ranks: list[dict[str, float]]) -> list[str]:
